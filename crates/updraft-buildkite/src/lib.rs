@@ -1,0 +1,8 @@
+//! Typed clients for Buildkite's APIs (agent API v3, Stacks API, REST v2, metrics), the push
+//! event types (webhooks and EventBridge) and their verification. Every client shares one
+//! HTTP core (`http`) that owns timeouts, retries and token redaction.
+
+pub mod http;
+
+pub use http::{ApiClient, ApiError, AuthScheme, ClientOptions, RetryPolicy};
+pub use updraft_model::Secret;

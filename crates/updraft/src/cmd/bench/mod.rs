@@ -1,0 +1,65 @@
+//! `updraft bench …`: benchmarks that print their figures and write them to
+//! `bench-results/<name>.json` (or `--out`). With `--json` the last line printed is one JSON
+//! object with the figures.
+
+mod emulator;
+mod logs;
+mod pickup;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(clap::Subcommand)]
+enum Bench {
+    /// Request rate of `updraft emulator` on loopback (agent ping, Stacks scheduled-jobs).
+    Emulator(emulator::Args),
+    /// Log throughput through `updraft agent` into the emulator, in MB/s.
+    Logs(logs::Args),
+    /// Pickup latency from job scheduled to launch, push vs pull.
+    Pickup(pickup::PickupArgs),
+    /// A burst of jobs with a no-op launch: time to launch all, CPU, peak RSS.
+    Burst(pickup::BurstArgs),
+}
+
+/// Options every benchmark takes.
+#[derive(clap::Args, Clone)]
+pub struct Common {
+    /// Print the figures as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to write the figures (JSON); default bench-results/<bench>.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl Common {
+    /// Print a human summary and the JSON line (with `--json`), and write the JSON file.
+    pub fn report(&self, bench: &str, human: &str, figures: &serde_json::Value) -> anyhow::Result<()> {
+        println!("{human}");
+        let path = self.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{bench}.json")));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(figures)? + "\n")?;
+        eprintln!("figures written to {}", path.display());
+        if self.json {
+            println!("{}", serde_json::to_string(figures)?);
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.bench {
+        Bench::Emulator(args) => emulator::run(args).await,
+        Bench::Logs(args) => logs::run(args).await,
+        Bench::Pickup(args) => pickup::pickup(args).await,
+        Bench::Burst(args) => pickup::burst(args).await,
+    }
+}

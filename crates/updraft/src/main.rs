@@ -1,0 +1,63 @@
+//! The `updraft` binary: parses the command line and hands each subcommand to the crate that
+//! does the work. No logic lives here beyond wiring.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "updraft",
+    version,
+    about = "Runs every Buildkite job on fresh, isolated compute that exists only while the job needs it.",
+    long_about = None,
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the embedded demo: emulator + scheduler + local backend on a sample pipeline, no network.
+    Demo(cmd::demo::Args),
+    /// Run the scheduler with a fleet config file.
+    Run(cmd::scheduler::RunArgs),
+    /// Validate a fleet config file and explain every error with the field's path.
+    Check(cmd::scheduler::CheckArgs),
+    /// List the jobs scheduled now and which fleet would take each, or why none would.
+    Plan(cmd::scheduler::PlanArgs),
+    /// Run a Buildkite-compatible agent (same flags as `buildkite-agent start`).
+    Agent(cmd::agent::Args),
+    /// Serve an offline Buildkite-compatible control plane (agent API, Stacks API, REST v2, webhooks).
+    Emulator(cmd::emulator::Args),
+    /// Measure Updraft: each benchmark prints its figures and writes them to a file.
+    Bench(cmd::bench::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    cmd::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Run(args) => cmd::scheduler::run(args).await,
+            Command::Check(args) => cmd::scheduler::check(args).await,
+            Command::Plan(args) => cmd::scheduler::plan(args).await,
+            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Emulator(args) => cmd::emulator::run(args).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("updraft: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,16 @@
-//! placeholder
+//! A Buildkite-compatible agent. `agent` runs the agent's life (register, one-shot acquire
+//! or pool mode, heartbeat, disconnect); `runner` runs one job locally (directory, env,
+//! hooks, checkout, command); `driver` is the part both the local runner and the `relay`
+//! executor share (start, log chunks, cancellation, finish); `log_streamer` cuts and uploads
+//! the log; `process` owns pipes, process groups and signals.
+
+pub mod agent;
+pub mod driver;
+pub mod log_streamer;
+pub mod process;
+pub mod relay;
+pub mod runner;
+
+pub use agent::{run_agent, AgentConfig, AgentError, AgentRun, Shutdown};
+pub use driver::{CommandOutcome, DriveError, DriveOptions, JobReport, StopReason, StopSwitch};
+pub use relay::RelayExecutor;

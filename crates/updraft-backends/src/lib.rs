@@ -3,6 +3,7 @@
 //! on the launch name, which derives from the job uuid, so asking twice starts one launch.
 
 pub mod launch;
+pub mod local;
 
 pub use launch::{LaunchName, LaunchPhase, LaunchSpec, LaunchStatus, LaunchOutcome};
 

@@ -16,6 +16,12 @@ pub fn user_agent() -> String {
     format!("updraft/{} ({}; {})", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH)
 }
 
+/// One path segment, percent-escaped, with `.` escaped as `%2E` as the Go agent does (a
+/// Rails server would otherwise read `a.json` as a format suffix; reference §1.1).
+pub fn path_segment(raw: &str) -> String {
+    url::form_urlencoded::byte_serialize(raw.as_bytes()).collect::<String>().replace('+', "%20").replace('.', "%2E")
+}
+
 /// `Token` for the agent, Stacks and metrics APIs; `Bearer` for REST v2 (reference §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthScheme {
@@ -203,6 +209,18 @@ impl ApiClient {
         self.http.request(method, self.url(path)).header(AUTHORIZATION, self.auth.clone())
     }
 
+    /// A request to an absolute URL the server handed us (a `Link` or `Location`). Our
+    /// credential only goes back to the origin it belongs to.
+    pub fn request_url(&self, method: Method, url: &str) -> Result<RequestBuilder, ApiError> {
+        let origin = |u: &str| url::Url::parse(u).ok().map(|u| u.origin());
+        match (origin(url), origin(&self.base)) {
+            (Some(theirs), Some(ours)) if theirs == ours => {
+                Ok(self.http.request(method, url).header(AUTHORIZATION, self.auth.clone()))
+            }
+            _ => Err(ApiError::Config(format!("refusing to follow {url:?}: it is not on {}", self.base))),
+        }
+    }
+
     /// Send once and turn any non-2xx into `ApiError::Status` with the server's message.
     pub async fn send_once(&self, request: RequestBuilder) -> Result<Response, ApiError> {
         let request = request.build().map_err(|e| ApiError::Config(e.without_url().to_string()))?;
@@ -343,6 +361,12 @@ mod tests {
         assert!(status(503).is_retryable());
         assert!(!status(401).is_retryable());
         assert!(!status(422).is_retryable());
+    }
+
+    #[test]
+    fn path_segments_escape_dots_spaces_and_slashes() {
+        assert_eq!(path_segment("deploy.notes v1/x+y"), "deploy%2Enotes%20v1%2Fx%2By");
+        assert_eq!(path_segment("0190f6a4-1c2d"), "0190f6a4-1c2d");
     }
 
     #[test]

@@ -1,1 +1,56 @@
-//! placeholder
+//! Updraft's scheduler core: learn of every Buildkite job (push events and Stacks API
+//! polling), route it to a fleet, hold it to the fleet's limits, reserve it, issue a job
+//! acquisition token and launch exactly one agent for it on the fleet's backend — and keep
+//! that true through lost events and crashes with a durable ledger and a reconciler.
+//!
+//! ```text
+//! push (webhook / EventBridge) ─┐
+//! pull (scheduled-jobs ≥ 1 s) ──┴─► intake (dedupe by job id) ─► router ─► limiter
+//!   ─► ledger + batch-reserve ─► job acquisition token ─► backend.launch
+//! reconciler (start-up + every interval): ledger ⇄ Buildkite job states ⇄ backend.list()
+//! ```
+//!
+//! # Using it
+//!
+//! ```no_run
+//! # async fn example(backend: std::sync::Arc<dyn updraft_backends::Backend>) -> anyhow::Result<()> {
+//! use updraft_scheduler::{Config, Scheduler};
+//! let config = Config::load(std::path::Path::new("updraft.toml"))?;
+//! let backends = [("local".to_string(), backend)].into_iter().collect();
+//! let handle = Scheduler::start(config, backends).await?;
+//! println!("status page: http://{}/status", handle.http_addr());
+//! let stats = handle.stats(); // jobs seen, launched, in flight, pickups with their times
+//! println!("{} launched", stats.launched);
+//! handle.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The public surface is: [`Config`] (`load`, `parse`, `parse_with_env`), [`Scheduler::start`],
+//! [`SchedulerHandle`] (`http_addr`, `push_addr`, `stats`, `reconcile_now`, `stopped`,
+//! `shutdown`), [`StatsSnapshot`], and [`plan()`] for `updraft plan`. The decision functions
+//! ([`reconcile::decide`], [`router::route`], [`limiter::Limiter`]) are public for reading
+//! and testing; they do no I/O.
+
+pub mod config;
+mod core;
+mod http;
+pub mod ledger;
+pub mod limiter;
+mod pipeline;
+pub mod plan;
+mod pull;
+mod push;
+mod queue_metrics;
+pub mod reconcile;
+mod reconciler;
+pub mod router;
+mod scheduler;
+pub mod stackset;
+pub mod stats;
+mod status;
+mod telemetry;
+
+pub use config::{Config, ConfigError, ConfigErrors, FleetConfig};
+pub use plan::{plan, Plan, PlannedJob};
+pub use scheduler::{Scheduler, SchedulerHandle};
+pub use stats::{Pickup, Source, StatsSnapshot};

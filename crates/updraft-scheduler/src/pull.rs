@@ -1,0 +1,84 @@
+//! The pull source: every `poll_interval` (≥ 1 s) list each served queue's scheduled jobs
+//! through the Stacks API, page by page, and take them in. Pull is the safety net under
+//! push: whatever an event missed, the next poll finds. A full listing also tells intake
+//! which waiting jobs are gone (taken elsewhere, canceled).
+
+use crate::core::{Candidate, Core};
+use crate::ledger::now_ms;
+use crate::pipeline::check_fatal;
+use crate::stats::Source;
+use std::collections::HashSet;
+use std::sync::Arc;
+use updraft_buildkite::stacks::{ScheduledJob, StacksClient};
+use updraft_buildkite::ApiError;
+use updraft_model::QueryRules;
+
+/// At most this many pages per queue per poll, so one deep queue cannot spend the whole
+/// list-scheduled-jobs rate limit.
+const MAX_PAGES_PER_POLL: usize = 20;
+
+pub(crate) fn candidate(job: &ScheduledJob, source: Source) -> Candidate {
+    Candidate {
+        id: job.id,
+        rules: QueryRules::parse("agent_query_rules", &job.agent_query_rules).map_err(|e| e.to_string()),
+        priority: job.priority.unwrap_or(0),
+        scheduled_at_ms: job.scheduled_at.timestamp_millis(),
+        source,
+    }
+}
+
+/// Every scheduled job of `queue` (up to the page cap), and whether the listing was complete.
+pub(crate) async fn list_queue(
+    stacks: &StacksClient,
+    queue: &str,
+    page_limit: u32,
+) -> Result<(Vec<ScheduledJob>, bool, bool), ApiError> {
+    let mut jobs = Vec::new();
+    let mut after: Option<String> = None;
+    let mut paused = false;
+    for _ in 0..MAX_PAGES_PER_POLL {
+        let page = stacks.scheduled_jobs(queue, page_limit, after.as_deref()).await?;
+        paused |= page.cluster_queue.is_paused();
+        jobs.extend(page.jobs);
+        match page.page_info.end_cursor.filter(|_| page.page_info.has_next_page) {
+            Some(cursor) => after = Some(cursor),
+            None => return Ok((jobs, true, paused)),
+        }
+    }
+    Ok((jobs, false, paused))
+}
+
+pub(crate) async fn poller(core: Arc<Core>) {
+    let queues = core.config.queues();
+    let interval = core.config.buildkite.poll_interval;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = core.stopped() => return,
+        }
+        for queue in &queues {
+            let started = now_ms();
+            match list_queue(core.stacks.for_queue(queue), queue, core.config.buildkite.page_limit).await {
+                Ok((jobs, complete, paused)) => {
+                    if paused {
+                        tracing::debug!(queue, "dispatch is paused for this queue; not taking its jobs");
+                        continue;
+                    }
+                    let listed: HashSet<_> = jobs.iter().map(|j| j.id).collect();
+                    core.intake(jobs.iter().map(|j| candidate(j, Source::Pull)).collect());
+                    if complete {
+                        core.forget_unlisted(queue, &listed, started);
+                    }
+                }
+                Err(error) => {
+                    if check_fatal(&core, "polling scheduled jobs", &error) {
+                        return;
+                    }
+                    tracing::warn!(%error, queue, "polling scheduled jobs failed; trying again next interval");
+                }
+            }
+        }
+    }
+}

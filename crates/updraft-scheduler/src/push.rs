@@ -1,0 +1,116 @@
+//! The push source: `POST /webhooks/buildkite` and `POST /events/eventbridge`. Each request is
+//! verified with the configured webhook token (shared token or HMAC signature, via
+//! `updraft_buildkite::events`) and parsed; a "job scheduled" event goes straight into
+//! intake — the same path as a poll result, so push and pull together still launch a job
+//! once — and a job finishing wakes the reconciler so a cancel stops its launch promptly.
+
+use crate::core::{Candidate, Core};
+use crate::ledger::now_ms;
+use crate::stats::Source;
+use crate::telemetry::labels;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use std::sync::Arc;
+use updraft_buildkite::events::{parse_eventbridge, parse_webhook, EventKind, PushEvent, Rejection, WebhookVerifier};
+use uuid::Uuid;
+
+pub(crate) fn routes(core: Arc<Core>) -> Router {
+    Router::new()
+        .route("/webhooks/buildkite", post(webhook))
+        .route("/events/eventbridge", post(eventbridge))
+        .with_state(core)
+}
+
+fn is_credential_problem(rejection: &Rejection) -> bool {
+    matches!(
+        rejection,
+        Rejection::MissingCredentials
+            | Rejection::TokenMismatch
+            | Rejection::MalformedSignature { .. }
+            | Rejection::SignatureMismatch
+            | Rejection::StaleSignature { .. }
+            | Rejection::FutureSignature { .. }
+            | Rejection::UnreadableHeader { .. }
+    )
+}
+
+type Reply = (StatusCode, String);
+
+fn verify(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<(), Reply> {
+    let Some(token) = &core.config.push.webhook_token else {
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "push is not configured: set [push] webhook_token to accept events\n".into(),
+        ));
+    };
+    WebhookVerifier::new(token.clone()).verify(headers, body, chrono::Utc::now()).map_err(|rejection| {
+        core.telemetry.push_events.get_or_create(&labels(&[("kind", "unverified"), ("result", "refused")])).inc();
+        (StatusCode::UNAUTHORIZED, format!("{rejection}\n"))
+    })
+}
+
+fn parsed(core: &Core, result: Result<PushEvent, Rejection>) -> Result<PushEvent, Reply> {
+    result.map_err(|rejection| {
+        core.telemetry.push_events.get_or_create(&labels(&[("kind", "unparsed"), ("result", "refused")])).inc();
+        let status = if is_credential_problem(&rejection) { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+        (status, format!("{rejection}\n"))
+    })
+}
+
+async fn webhook(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bytes) -> Reply {
+    if let Err(reply) = verify(&core, &headers, &body) {
+        return reply;
+    }
+    match parsed(&core, parse_webhook(&headers, &body)) {
+        Ok(event) => handle(&core, event),
+        Err(reply) => reply,
+    }
+}
+
+async fn eventbridge(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bytes) -> Reply {
+    if let Err(reply) = verify(&core, &headers, &body) {
+        return reply;
+    }
+    match parsed(&core, parse_eventbridge(&body)) {
+        Ok(event) => handle(&core, event),
+        Err(reply) => reply,
+    }
+}
+
+fn handle(core: &Core, event: PushEvent) -> Reply {
+    let kind = event.kind;
+    let result = match (kind, &event.job) {
+        (EventKind::JobScheduled, Some(job)) => match job.id.parse::<Uuid>() {
+            Ok(id) => {
+                let scheduled_at_ms =
+                    job.runnable_at.or(event.time).map(|t| t.timestamp_millis()).unwrap_or_else(now_ms);
+                let fresh = core.intake(vec![Candidate {
+                    id,
+                    rules: Ok(job.agent_query_rules.clone()),
+                    priority: job.priority.unwrap_or(0),
+                    scheduled_at_ms,
+                    source: Source::Push,
+                }]);
+                if fresh == 1 {
+                    "taken"
+                } else {
+                    "duplicate"
+                }
+            }
+            Err(_) => {
+                core.telemetry.push_events.get_or_create(&labels(&[("kind", kind.name()), ("result", "refused")])).inc();
+                return (StatusCode::BAD_REQUEST, format!("job id {:?} is not a UUID\n", job.id));
+            }
+        },
+        (EventKind::JobFinished | EventKind::BuildFinished, _) => {
+            core.wake_reconcile.notify_one();
+            "reconcile"
+        }
+        _ => "ignored",
+    };
+    core.telemetry.push_events.get_or_create(&labels(&[("kind", kind.name()), ("result", result)])).inc();
+    (StatusCode::OK, format!("{result}\n"))
+}

@@ -1,0 +1,40 @@
+//! Polls Buildkite's agent metrics endpoint and republishes the numbers on `/metrics` under
+//! buildkite-agent-metrics' names, never faster than the server's
+//! `Buildkite-Agent-Metrics-Poll-Duration` allows.
+
+use crate::core::Core;
+use crate::pipeline::check_fatal;
+use std::sync::Arc;
+use updraft_buildkite::metrics::MetricsClient;
+use updraft_buildkite::ClientOptions;
+
+pub(crate) async fn poller(core: Arc<Core>) {
+    let client = match MetricsClient::new(&core.config.buildkite.endpoint, &core.config.buildkite.agent_token, ClientOptions::default()) {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(%error, "queue metrics are off: cannot build the metrics client");
+            return;
+        }
+    };
+    let mut wait = core.config.buildkite.metrics_interval;
+    loop {
+        match client.all_queues().await {
+            Ok(reading) => {
+                core.telemetry.record_queue_metrics(&reading.metrics);
+                wait = reading.min_poll_interval.map_or(core.config.buildkite.metrics_interval, |min| {
+                    min.max(core.config.buildkite.metrics_interval)
+                });
+            }
+            Err(error) => {
+                if check_fatal(&core, "reading queue metrics", &error) {
+                    return;
+                }
+                tracing::debug!(%error, "reading queue metrics failed; trying again next interval");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = core.stopped() => return,
+        }
+    }
+}

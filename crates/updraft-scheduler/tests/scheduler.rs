@@ -1,0 +1,267 @@
+//! The scheduler end to end against the in-process emulator, with `AgentBackend` launches
+//! that really register with their job acquisition token, acquire, run and finish jobs over
+//! HTTP. Each test asserts on the emulator's own records (states, acquire counts,
+//! notifications) and on the backend's launch book.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use support::{acquires, config_text, emulator, wait_until, AgentBackend};
+use updraft_backends::{Backend, LaunchName};
+use updraft_emulator::{EmulatorHandle, PushFaults, PushTargets, WebhookAuth, WebhookTarget};
+use updraft_model::{JobState, Secret};
+use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
+use uuid::Uuid;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+const THREE_FLEETS: &str = r#"
+[[fleet]]
+name = "linux"
+queue = "linux"
+max_in_flight = 8
+
+[[fleet]]
+name = "linux-docker"
+queue = "linux"
+tags = ["docker=true"]
+max_in_flight = 4
+
+[[fleet]]
+name = "mac"
+queue = "mac"
+max_in_flight = 3
+"#;
+
+/// `count` command steps spread over queue linux (some needing docker) and queue mac.
+fn pipeline_yaml(count: usize) -> String {
+    let mut yaml = String::from("steps:\n");
+    for i in 0..count {
+        let agents = match i % 3 {
+            0 => "{queue: linux}",
+            1 => "{queue: linux, docker: \"true\"}",
+            _ => "{queue: mac}",
+        };
+        yaml.push_str(&format!("  - command: \"echo {i}\"\n    key: \"s{i}\"\n    agents: {agents}\n"));
+    }
+    yaml
+}
+
+fn backends(backend: &AgentBackend) -> BTreeMap<String, Arc<dyn Backend>> {
+    [("local".to_string(), Arc::new(backend.clone()) as Arc<dyn Backend>)].into_iter().collect()
+}
+
+async fn start(emulator: &EmulatorHandle, dir: &std::path::Path, backend: &AgentBackend, extra: &str) -> SchedulerHandle {
+    let config = Config::parse(&config_text(emulator, dir, THREE_FLEETS, extra)).expect("config parses");
+    Scheduler::start(config, backends(backend)).await.expect("scheduler starts")
+}
+
+fn command_jobs(emulator: &EmulatorHandle, jobs: &[Uuid]) -> Vec<Uuid> {
+    jobs.iter()
+        .copied()
+        .filter(|j| emulator.job_timeline(*j).is_some_and(|t| t["type"] == "script"))
+        .collect()
+}
+
+fn all_in(emulator: &EmulatorHandle, jobs: &[Uuid], state: JobState) -> bool {
+    jobs.iter().all(|j| emulator.job_state(*j) == Some(state))
+}
+
+fn assert_one_launch_and_acquire_each(emulator: &EmulatorHandle, backend: &AgentBackend, jobs: &[Uuid]) {
+    let started = backend.launches_started();
+    for job in jobs {
+        assert_eq!(acquires(emulator, *job), 1, "job {job} acquired {} times", acquires(emulator, *job));
+        assert_eq!(started.get(&LaunchName::for_job(*job)), Some(&1), "job {job} launches");
+    }
+    assert_eq!(started.len(), jobs.len(), "launches for jobs that were not asked for");
+    assert!(backend.errors().is_empty(), "agent errors: {:?}", backend.errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_jobs_across_fleets_and_queues_are_each_acquired_once() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(200)));
+    emulator.create_pipeline("many", &pipeline_yaml(30)).unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.extend(emulator.create_build("many").unwrap().job_ids);
+    }
+    let jobs = command_jobs(&emulator, &jobs);
+    assert_eq!(jobs.len(), 90);
+    let scheduler = start(&emulator, dir.path(), &backend, "").await;
+    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let stats = scheduler.stats();
+    assert_eq!(stats.launched, 90);
+    assert!(stats.pickups.iter().all(|p| p.source == updraft_scheduler::Source::Pull));
+    scheduler.shutdown().await.unwrap();
+}
+
+fn push_to(emulator: &EmulatorHandle, scheduler: &SchedulerHandle, token: &str) {
+    emulator.set_push_targets(PushTargets {
+        webhook: Some(WebhookTarget {
+            url: format!("http://{}/webhooks/buildkite", scheduler.push_addr()),
+            auth: WebhookAuth::Signature(Secret::new(token)),
+        }),
+        eventbridge_url: None,
+    });
+}
+
+const PUSH: &str = "[push]\nwebhook_token = \"hook-secret\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_together_never_launch_a_job_twice() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(100)));
+    let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
+    push_to(&emulator, &scheduler, "hook-secret");
+    emulator.set_push_faults(PushFaults { duplicate_fraction: 0.5, ..PushFaults::default() });
+    emulator.create_pipeline("both", &pipeline_yaml(12)).unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        jobs.extend(emulator.create_build("both").unwrap().job_ids);
+    }
+    let jobs = command_jobs(&emulator, &jobs);
+    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let stats = scheduler.stats();
+    assert!(
+        stats.pickups.iter().any(|p| p.source == updraft_scheduler::Source::Push),
+        "no job was picked up from a push event"
+    );
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_push_is_dropped_pull_still_runs_everything() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(100)));
+    let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
+    push_to(&emulator, &scheduler, "hook-secret");
+    emulator.set_push_faults(PushFaults { drop_fraction: 1.0, ..PushFaults::default() });
+    emulator.create_pipeline("dropped", &pipeline_yaml(9)).unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("dropped").unwrap().job_ids);
+    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    assert!(scheduler.stats().pickups.iter().all(|p| p.source == updraft_scheduler::Source::Pull));
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_running_job_stops_its_launch() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(None).ignoring_cancellation();
+    let scheduler = start(&emulator, dir.path(), &backend, "").await;
+    emulator.create_pipeline("cancel", "steps:\n  - command: \"sleep 600\"\n    agents: {queue: mac}\n").unwrap();
+    let job = command_jobs(&emulator, &emulator.create_build("cancel").unwrap().job_ids)[0];
+    wait_until(LIMIT, "the job running", || emulator.job_state(job) == Some(JobState::Running)).await;
+    emulator.cancel_job(job).unwrap();
+    wait_until(LIMIT, "a stop for the launch", || backend.stops().contains(&LaunchName::for_job(job))).await;
+    wait_until(LIMIT, "the job canceled", || emulator.job_state(job) == Some(JobState::Canceled)).await;
+    wait_until(LIMIT, "the launch deleted", || backend.live() == 0).await;
+    assert_eq!(acquires(&emulator, job), 1);
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_on_the_same_ledger_converges_without_a_second_launch() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(1500)));
+    emulator.create_pipeline("restart", &pipeline_yaml(24)).unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("restart").unwrap().job_ids);
+    let first = start(&emulator, dir.path(), &backend, "").await;
+    wait_until(LIMIT, "some launches", || first.stats().launched >= 5).await;
+    first.shutdown().await.unwrap();
+    let second = start(&emulator, dir.path(), &backend, "").await;
+    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    wait_until(LIMIT, "finished launches deleted", || backend.live() == 0).await;
+    second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_no_fleet_serves_is_told_why_and_shown_on_the_status_page() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(100)));
+    let scheduler = start(&emulator, dir.path(), &backend, "").await;
+    emulator
+        .create_pipeline("arm", "steps:\n  - command: \"uname -m\"\n    agents: {queue: linux, arch: arm64}\n")
+        .unwrap();
+    let job = command_jobs(&emulator, &emulator.create_build("arm").unwrap().job_ids)[0];
+    let reason = "no fleet on queue=linux has arch=arm64";
+    wait_until(LIMIT, "the notification", || {
+        emulator.job_timeline(job).is_some_and(|t| t["notifications"].to_string().contains(reason))
+    })
+    .await;
+    let page = reqwest::get(format!("http://{}/status", scheduler.http_addr())).await.unwrap().text().await.unwrap();
+    assert!(page.contains(reason), "{page}");
+    assert!(!page.contains(emulator.agent_token().expose()));
+    let metrics = reqwest::get(format!("http://{}/metrics", scheduler.http_addr())).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("updraft_jobs_seen_total"), "{metrics}");
+    assert!(metrics.contains("updraft_reconcile_passes_total"), "{metrics}");
+    assert_eq!(emulator.job_state(job), Some(JobState::Scheduled));
+    assert!(backend.launches_started().is_empty());
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_holds_jobs_back_and_says_so() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(None);
+    let scheduler = start(&emulator, dir.path(), &backend, "").await;
+    let yaml = "steps:\n".to_string() + &"  - command: \"sleep 600\"\n    agents: {queue: mac}\n".repeat(5);
+    emulator.create_pipeline("held", &yaml).unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("held").unwrap().job_ids);
+    wait_until(LIMIT, "three running", || jobs.iter().filter(|j| emulator.job_state(**j) == Some(JobState::Running)).count() == 3).await;
+    let reason = "fleet mac at max_in_flight 3/3";
+    wait_until(LIMIT, "the held jobs told why", || {
+        jobs.iter().filter(|j| emulator.job_timeline(**j).is_some_and(|t| t["notifications"].to_string().contains(reason))).count()
+            == 2
+    })
+    .await;
+    assert_eq!(backend.launches_started().len(), 3);
+    for job in &jobs {
+        let _ = emulator.cancel_job(*job);
+    }
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_agent_token_stops_start_up_with_a_clear_error() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&emulator, dir.path(), THREE_FLEETS, "")
+        .replace(emulator.agent_token().expose(), "bkct_wrong");
+    let config = Config::parse(&text).unwrap();
+    let error = Scheduler::start(config, backends(&AgentBackend::new(None))).await.err().expect("start fails");
+    let message = format!("{error:#}");
+    assert!(message.contains("401") && message.contains("agent_token"), "{message}");
+    assert!(!message.contains("bkct_wrong"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_requests_with_a_bad_signature_are_refused() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let scheduler = start(&emulator, dir.path(), &AgentBackend::new(None), PUSH).await;
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/buildkite", scheduler.push_addr()))
+        .header("X-Buildkite-Event", "job.scheduled")
+        .header("X-Buildkite-Token", "not-the-token")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.text().await.unwrap().contains("does not match"));
+    scheduler.shutdown().await.unwrap();
+}

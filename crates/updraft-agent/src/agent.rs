@@ -146,7 +146,8 @@ pub async fn run_agent(config: AgentConfig, shutdown: Shutdown) -> Result<AgentR
     let agent = Registered::new(&config, registered, session);
     agent.session.connect().await.map_err(AgentError::Connect)?;
     let heartbeat_failed = CancellationToken::new();
-    let heartbeat = tokio::spawn(heartbeat_loop(agent.session.clone(), agent.heartbeat_interval, heartbeat_failed.clone()));
+    let heartbeat =
+        tokio::spawn(heartbeat_loop(agent.session.clone(), agent.heartbeat_interval, heartbeat_failed.clone()));
 
     let result = match &config.acquire_job {
         Some(job_id) => agent.one_shot(job_id, &shutdown, &heartbeat_failed).await,

@@ -311,7 +311,10 @@ mod tests {
         let fields = |o: CommandOutcome, s| finish_fields(&o, s);
         assert_eq!(fields(CommandOutcome::Exited(0), None), ("0".into(), None, None));
         assert_eq!(fields(CommandOutcome::Exited(3), None), ("3".into(), None, None));
-        assert_eq!(fields(CommandOutcome::Exited(0), Some(StopReason::Cancel)), ("1".into(), None, Some("cancel".into())));
+        assert_eq!(
+            fields(CommandOutcome::Exited(0), Some(StopReason::Cancel)),
+            ("1".into(), None, Some("cancel".into()))
+        );
         assert_eq!(
             fields(CommandOutcome::Signaled("SIGTERM".into()), Some(StopReason::Cancel)),
             ("-1".into(), Some("SIGTERM".into()), Some("cancel".into()))

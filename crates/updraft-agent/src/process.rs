@@ -42,11 +42,18 @@ impl OutputWriter {
 /// Run `command` to completion with its output in the job log, in a new process group.
 /// When `stop` is pulled: SIGTERM to the group, then SIGKILL after `grace`. Whatever is left
 /// of the group afterwards is killed, so nothing the step started outlives it.
-pub async fn run_step(mut command: Command, output: &OutputWriter, stop: &StopSwitch, grace: Duration) -> CommandOutcome {
+pub async fn run_step(
+    mut command: Command,
+    output: &OutputWriter,
+    stop: &StopSwitch,
+    grace: Duration,
+) -> CommandOutcome {
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let (stdout, stderr) = match output.stdio() {
         Ok(pair) => pair,
-        Err(error) => return CommandOutcome::FailedToStart(format!("could not attach {program} to the job log: {error}")),
+        Err(error) => {
+            return CommandOutcome::FailedToStart(format!("could not attach {program} to the job log: {error}"))
+        }
     };
     command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(true);
     let mut child = match command.spawn() {

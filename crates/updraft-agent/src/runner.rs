@@ -4,9 +4,9 @@
 //! that ask for plugins are refused with a message naming them. Everything the steps print
 //! goes to the job log through `driver::drive`.
 
-use crate::driver::{drive, CommandOutcome, DriveError, DriveOptions, JobReport, StopSwitch};
 #[cfg(test)]
 use crate::driver::MAX_CHUNK_BYTES;
+use crate::driver::{drive, CommandOutcome, DriveError, DriveOptions, JobReport, StopSwitch};
 use crate::process::{output_pipe, run_step, OutputWriter};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -93,7 +93,8 @@ pub async fn run_local_job(
         Ok(pipe) => pipe,
         Err(error) => {
             let why = format!("could not create the output pipe: {error}");
-            return drive(client, &options, tokio::io::empty(), async { CommandOutcome::FailedToStart(why) }, stop).await;
+            return drive(client, &options, tokio::io::empty(), async { CommandOutcome::FailedToStart(why) }, stop)
+                .await;
         }
     };
     let steps = run_steps(job, env, job_dir.clone(), config, writer, stop);
@@ -190,7 +191,10 @@ async fn run_steps(
         return CommandOutcome::FailedToStart(format!("job {} has no command (BUILDKITE_COMMAND is empty)", job.id));
     };
     if let Err(error) = prepare_dir(&job_dir).await {
-        return CommandOutcome::FailedToStart(format!("could not create the job directory {}: {error}", job_dir.display()));
+        return CommandOutcome::FailedToStart(format!(
+            "could not create the job directory {}: {error}",
+            job_dir.display()
+        ));
     }
     let grace = config.cancel_grace_period;
     let mut announced = false;
@@ -217,7 +221,9 @@ async fn run_steps(
         match captured {
             Ok(bytes) => env = parse_env0(&bytes),
             Err(error) => {
-                return CommandOutcome::FailedToStart(format!("the environment hook's variables could not be read: {error}"))
+                return CommandOutcome::FailedToStart(format!(
+                    "the environment hook's variables could not be read: {error}"
+                ))
             }
         }
     }
@@ -247,7 +253,11 @@ async fn run_steps(
         Some(hook) => {
             output.line("~~~ Running the pre-exit hook");
             let mut step = Command::new(&config.shell[0]);
-            step.arg(&hook).current_dir(&job_dir).env_clear().envs(&env).env("BUILDKITE_COMMAND_EXIT_STATUS", exit_text(&outcome));
+            step.arg(&hook)
+                .current_dir(&job_dir)
+                .env_clear()
+                .envs(&env)
+                .env("BUILDKITE_COMMAND_EXIT_STATUS", exit_text(&outcome));
             let hook_outcome = run_step(step, &output, stop, grace).await;
             // A failing pre-exit hook fails a job that had passed.
             if outcome == CommandOutcome::Exited(0) {

@@ -90,3 +90,35 @@ async fn a_pool_agent_only_takes_jobs_matching_its_tags_and_stops_after_one_job(
     assert_eq!(emulator.job_log(jobs[1]).unwrap(), b"mac\n");
     assert_eq!(emulator.job_state(jobs[0]), Some(JobState::Scheduled));
 }
+
+#[tokio::test]
+async fn a_paused_pool_agent_takes_no_jobs_and_does_not_idle_out_until_resumed() {
+    let emulator = emulator().await;
+    pipeline(&emulator, "paused", &["echo after resume"]);
+    let rest = updraft_buildkite::rest::RestClient::new(
+        &emulator.url(),
+        &emulator.api_token(),
+        &emulator.org(),
+        updraft_buildkite::ClientOptions::default(),
+    )
+    .unwrap();
+    let builds = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&emulator, builds.path());
+    config.disconnect_after_idle_timeout = Some(Duration::from_secs(2));
+    let agent = tokio::spawn(run_agent(config, Shutdown::default()));
+    let mut agent_id = None;
+    while agent_id.is_none() {
+        agent_id = rest.list_agents().await.unwrap().first().map(|a| a.id.clone());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let agent_id = agent_id.unwrap();
+    rest.pause_agent(&agent_id, Some("maintenance"), None).await.unwrap();
+    let job = build(&emulator, "paused")[0];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!agent.is_finished(), "a paused agent must not stop on the idle timeout");
+    assert_eq!(emulator.job_state(job), Some(JobState::Scheduled));
+    rest.resume_agent(&agent_id).await.unwrap();
+    let run = agent.await.unwrap().unwrap();
+    assert_eq!(run.jobs.len(), 1);
+    assert_eq!(emulator.job_log(job).unwrap(), b"after resume\n");
+}

@@ -120,11 +120,16 @@ async fn steps_with_plugins_are_refused_naming_the_plugin() {
 #[tokio::test]
 async fn environment_and_pre_exit_hooks_run_around_the_command() {
     let emulator = emulator().await;
-    pipeline(&emulator, "hooks", &["echo \"greeting=$GREETING agent=$BUILDKITE_AGENT_NAME\"; test -z \"$BUILDKITE_AGENT_TOKEN\""]);
+    pipeline(
+        &emulator,
+        "hooks",
+        &["echo \"greeting=$GREETING agent=$BUILDKITE_AGENT_NAME\"; test -z \"$BUILDKITE_AGENT_TOKEN\""],
+    );
     let job = build(&emulator, "hooks")[0];
     let hooks = tempfile::tempdir().unwrap();
     std::fs::write(hooks.path().join("environment"), "echo setting up\nexport GREETING=hello\n").unwrap();
-    std::fs::write(hooks.path().join("pre-exit"), "echo \"cleaning up after $BUILDKITE_COMMAND_EXIT_STATUS\"\n").unwrap();
+    std::fs::write(hooks.path().join("pre-exit"), "echo \"cleaning up after $BUILDKITE_COMMAND_EXIT_STATUS\"\n")
+        .unwrap();
     let builds = tempfile::tempdir().unwrap();
     let mut config = one_shot(&emulator, builds.path(), job);
     config.hooks_path = Some(hooks.path().to_path_buf());
@@ -179,7 +184,8 @@ async fn the_repository_is_checked_out_at_the_branch() {
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
     let emulator = emulator().await;
-    let rest = RestClient::new(&emulator.url(), &emulator.api_token(), &emulator.org(), ClientOptions::default()).unwrap();
+    let rest =
+        RestClient::new(&emulator.url(), &emulator.api_token(), &emulator.org(), ClientOptions::default()).unwrap();
     let created = rest
         .create_pipeline(&CreatePipeline {
             name: "checkout".into(),
@@ -209,4 +215,41 @@ async fn a_graceful_shutdown_before_the_job_is_acquired_exits_cleanly() {
     config.disconnect_after_idle_timeout = Some(Duration::from_secs(30));
     let run = run_agent(config, shutdown).await.unwrap();
     assert!(run.jobs.is_empty());
+}
+
+#[tokio::test]
+async fn a_job_acquisition_token_registers_an_agent_for_that_one_job() {
+    use updraft_buildkite::stacks::{RegisterStack, StacksClient};
+    let emulator = emulator().await;
+    pipeline(&emulator, "jat", &["echo with a job acquisition token", "echo other"]);
+    let jobs = build(&emulator, "jat");
+    let stacks =
+        StacksClient::new(&emulator.agent_endpoint(), &emulator.agent_token(), "test-stack", ClientOptions::default())
+            .unwrap();
+    stacks
+        .register(&RegisterStack {
+            key: "test-stack".into(),
+            stack_type: "custom".into(),
+            queue_key: "default".into(),
+            metadata: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(stacks.batch_reserve(&jobs, None).await.unwrap().reserved.len(), 2);
+    let issued = stacks.issue_job_acquisition_tokens(&jobs[..1], Duration::from_secs(300)).await.unwrap();
+    let token = issued.job_acquisition_tokens[0].job_acquisition_token.clone();
+
+    let builds = tempfile::tempdir().unwrap();
+    let mut config = one_shot(&emulator, builds.path(), jobs[0]);
+    config.token = token.clone();
+    let run = run_agent(config, Shutdown::default()).await.unwrap();
+    assert_eq!(run.jobs[0].exit_status, "0");
+    assert_eq!(emulator.job_log(jobs[0]).unwrap(), b"with a job acquisition token\n");
+
+    // The same token cannot take another job.
+    let mut config = one_shot(&emulator, builds.path(), jobs[1]);
+    config.token = token;
+    let error = run_agent(config, Shutdown::default()).await.unwrap_err();
+    assert_eq!(error.exit_code(), 1, "{error}");
+    assert_eq!(emulator.job_state(jobs[1]), Some(JobState::Reserved));
 }

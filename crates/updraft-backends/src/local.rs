@@ -364,7 +364,7 @@ impl Inner {
             .flatten()
             .or(shell_status);
         tracked.conclude(recorded);
-        tracing::info!(launch = %name, fleet = %tracked.fleet, phase = ?tracked.phase(), "launch ended");
+        tracing::debug!(launch = %name, fleet = %tracked.fleet, phase = ?tracked.phase(), "launch ended");
     }
 }
 
@@ -549,7 +549,7 @@ impl Backend for LocalBackend {
                 process.signal_group(Signal::SIGTERM);
             }
         }
-        tracing::info!(launch = %spec.name, fleet = %spec.fleet, pid = ?pid, "launch started");
+        tracing::debug!(launch = %spec.name, fleet = %spec.fleet, pid = ?pid, "launch started");
         let inner = Arc::downgrade(&self.inner);
         let name = spec.name.clone();
         tokio::spawn(async move {

@@ -417,14 +417,15 @@ pub async fn register(
     )?;
     let headers = ServerHeaders::default();
     headers.update(registered.request_headers.as_ref());
-    let session = AgentSession { client: session_client, headers, retries };
+    let session = AgentSession { client: Arc::new(RwLock::new(session_client)), headers, retries };
     Ok((registered, session))
 }
 
-/// Calls made with the session (agent access) token.
+/// Calls made with the session (agent access) token. The endpoint can move when a ping
+/// names a new one (after a test ping there succeeds), so it is shared behind a lock.
 #[derive(Debug, Clone)]
 pub struct AgentSession {
-    client: ApiClient,
+    client: Arc<RwLock<ApiClient>>,
     headers: ServerHeaders,
     retries: AgentRetries,
 }
@@ -432,11 +433,12 @@ pub struct AgentSession {
 impl AgentSession {
     /// A session from a session token obtained elsewhere (e.g. by an earlier register).
     pub fn new(client: ApiClient, retries: AgentRetries) -> Self {
-        AgentSession { client, headers: ServerHeaders::default(), retries }
+        AgentSession { client: Arc::new(RwLock::new(client)), headers: ServerHeaders::default(), retries }
     }
 
-    pub fn client(&self) -> &ApiClient {
-        &self.client
+    /// The client for the current endpoint.
+    pub fn client(&self) -> ApiClient {
+        self.client.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     pub fn server_headers(&self) -> &ServerHeaders {
@@ -448,36 +450,60 @@ impl AgentSession {
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.headers.apply(self.client.request(method, path))
+        self.headers.apply(self.client().request(method, path))
     }
 
     pub async fn connect(&self) -> Result<(), ApiError> {
-        self.client.send_with(self.request(Method::POST, "connect"), &self.retries.connect).await.map(drop)
+        self.client().send_with(self.request(Method::POST, "connect"), &self.retries.connect).await.map(drop)
     }
 
     pub async fn disconnect(&self) -> Result<(), ApiError> {
-        self.client.send_with(self.request(Method::POST, "disconnect"), &self.retries.disconnect).await.map(drop)
+        self.client().send_with(self.request(Method::POST, "disconnect"), &self.retries.disconnect).await.map(drop)
     }
 
     /// One ping, no retries: the ping loop tries again at its next tick. Server headers in
     /// the answer replace ours.
     pub async fn ping(&self) -> Result<PingResponse, ApiError> {
-        let response = self.client.send_once(self.request(Method::GET, "ping")).await?;
+        let response = self.client().send_once(self.request(Method::GET, "ping")).await?;
         let ping: PingResponse = decode_json(response).await?;
         self.headers.update(ping.request_headers.as_ref());
+        if let Some(endpoint) = ping.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+            self.follow_endpoint(endpoint).await;
+        }
         Ok(ping)
+    }
+
+    /// Switch to `endpoint` if it differs from ours and answers a ping; otherwise stay.
+    async fn follow_endpoint(&self, endpoint: &str) {
+        let current = self.client();
+        if current.base() == endpoint.trim_end_matches('/') {
+            return;
+        }
+        let moved = match current.with_base(endpoint) {
+            Ok(moved) => moved,
+            Err(error) => return tracing::warn!(%error, "ignoring the endpoint the server sent"),
+        };
+        match moved.send_once(self.headers.apply(moved.request(Method::GET, "ping"))).await {
+            Ok(_) => {
+                tracing::info!(endpoint = moved.base(), "switching to the endpoint the server sent");
+                *self.client.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = moved;
+            }
+            Err(error) => tracing::warn!(%error, "the endpoint the server sent does not answer; staying"),
+        }
     }
 
     pub async fn heartbeat(&self) -> Result<HeartbeatResponse, ApiError> {
         let body = serde_json::json!({ "sent_at": Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true) });
-        let response =
-            self.client.send_with(self.request(Method::POST, "heartbeat").json(&body), &self.retries.heartbeat).await?;
+        let response = self
+            .client()
+            .send_with(self.request(Method::POST, "heartbeat").json(&body), &self.retries.heartbeat)
+            .await?;
         decode_json(response).await
     }
 
     pub async fn accept(&self, job_id: &str) -> Result<Job, ApiError> {
         let path = format!("jobs/{}/accept", path_segment(job_id));
-        let response = self.client.send_with(self.request(Method::PUT, &path), &self.retries.accept).await?;
+        let response = self.client().send_with(self.request(Method::PUT, &path), &self.retries.accept).await?;
         decode_json(response).await
     }
 
@@ -494,7 +520,7 @@ impl AgentSession {
                 .request(Method::PUT, &path)
                 .header("X-Buildkite-Lock-Acquire-Job", "1")
                 .header("X-Buildkite-Backoff-Sequence", attempt.to_string());
-            let error = match self.client.send_once(request).await {
+            let error = match self.client().send_once(request).await {
                 Ok(response) => return Ok(decode_json(response).await?),
                 Err(error) => error,
             };
@@ -526,8 +552,8 @@ impl AgentSession {
     /// carries none (reference §1.2).
     pub fn job_client(&self, job: &Job) -> Result<JobClient, ApiError> {
         let client = match job.token.as_ref().filter(|t| !t.is_empty()) {
-            Some(token) => self.client.with_token(token, AuthScheme::Token)?,
-            None => self.client.clone(),
+            Some(token) => self.client().with_token(token, AuthScheme::Token)?,
+            None => self.client(),
         };
         Ok(JobClient { client, headers: self.headers.clone(), retries: self.retries.clone(), job_id: job.id.clone() })
     }

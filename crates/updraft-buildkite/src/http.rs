@@ -182,6 +182,15 @@ impl ApiClient {
         Ok(ApiClient { http, base, auth, options })
     }
 
+    /// The same credential and settings against another base URL (a server-sent endpoint).
+    pub fn with_base(&self, base: &str) -> Result<Self, ApiError> {
+        let trimmed = base.trim_end_matches('/');
+        if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+            return Err(ApiError::Config(format!("endpoint {trimmed:?} must start with http:// or https://")));
+        }
+        Ok(ApiClient { base: trimmed.to_string(), ..self.clone() })
+    }
+
     /// The same endpoint and settings with another credential.
     pub fn with_token(&self, token: &Secret, scheme: AuthScheme) -> Result<Self, ApiError> {
         Self::with_http(self.http.clone(), &self.base, token, scheme, self.options.clone())

@@ -1,7 +1,8 @@
 //! The REST API v2 client (reference §3), Bearer-authenticated and scoped to one
 //! organization: pipelines (create from YAML), builds (create, get, list with filters,
-//! cancel, rebuild), jobs (log, env, retry) and agents (list, get, stop). Lists follow the
-//! `Link: <…>; rel="next"` header (or the cursor `links.next` of a build's job list).
+//! cancel, rebuild), jobs (log, env, retry) and agents (list, get, stop, pause, resume).
+//! Lists follow the `Link: <…>; rel="next"` header (or the cursor `links.next` of a build's
+//! job list).
 
 use crate::http::{decode_json, path_segment, ApiClient, ApiError, AuthScheme, ClientOptions};
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE, LINK};
@@ -365,6 +366,29 @@ impl RestClient {
         let path = self.org_path(&format!("agents/{}/stop", path_segment(agent_id)));
         let request = self.client.request(Method::PUT, &path).json(&serde_json::json!({ "force": force }));
         self.client.send(request).await.map(drop)
+    }
+
+    /// Pause an agent: it keeps pinging but takes no jobs until resumed (or the timeout).
+    pub async fn pause_agent(
+        &self,
+        agent_id: &str,
+        note: Option<&str>,
+        timeout_in_minutes: Option<u32>,
+    ) -> Result<(), ApiError> {
+        let path = self.org_path(&format!("agents/{}/pause", path_segment(agent_id)));
+        let mut body = serde_json::Map::new();
+        if let Some(note) = note {
+            body.insert("note".into(), note.into());
+        }
+        if let Some(minutes) = timeout_in_minutes {
+            body.insert("timeout_in_minutes".into(), minutes.into());
+        }
+        self.client.send(self.client.request(Method::PUT, &path).json(&body)).await.map(drop)
+    }
+
+    pub async fn resume_agent(&self, agent_id: &str) -> Result<(), ApiError> {
+        let path = self.org_path(&format!("agents/{}/resume", path_segment(agent_id)));
+        self.client.send(self.client.request(Method::PUT, &path)).await.map(drop)
     }
 
     async fn collect_pages<T: DeserializeOwned>(

@@ -27,13 +27,24 @@ pub fn routes() -> Router<SharedApp> {
 
 fn caller(headers: &HeaderMap, peer: SocketAddr) -> Caller {
     Caller {
-        user_agent: headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string(),
+        user_agent: headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
         ip: peer.ip().to_string(),
     }
 }
 
-async fn register(State(app): State<SharedApp>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
-    let token = header_token(&headers, "Token").ok_or_else(|| ApiError::unauthorized("Missing Authorization header: expected \"Token <agent token>\""))?;
+async fn register(
+    State(app): State<SharedApp>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let token = header_token(&headers, "Token").ok_or_else(|| {
+        ApiError::unauthorized("Missing Authorization header: expected \"Token <agent token>\"")
+    })?;
     let credential = if token == app.agent_token.expose() {
         RegisterCredential::AgentToken
     } else if let Some(job) = app.store.read(|s| s.acquisition_token_job(token)) {
@@ -43,7 +54,9 @@ async fn register(State(app): State<SharedApp>, ConnectInfo(peer): ConnectInfo<S
     };
     let request: RegisterRequest = parse_json("register", &body)?;
     let caller = caller(&headers, peer);
-    app.store.with(|s| s.register_agent(credential, request, caller)).map(Json)
+    app.store
+        .with(|s| s.register_agent(credential, request, caller))
+        .map(Json)
 }
 
 async fn connect(State(app): State<SharedApp>, headers: HeaderMap) -> ApiResult<Json<Value>> {
@@ -69,21 +82,40 @@ struct HeartbeatRequest {
     sent_at: Option<String>,
 }
 
-async fn heartbeat(State(app): State<SharedApp>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn heartbeat(
+    State(app): State<SharedApp>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let agent = require_session(&app, &headers)?;
     let request: HeartbeatRequest = parse_json("heartbeat", &body)?;
-    app.store.with(|s| s.heartbeat(agent, request.sent_at)).map(Json)
+    app.store
+        .with(|s| s.heartbeat(agent, request.sent_at))
+        .map(Json)
 }
 
-async fn accept(State(app): State<SharedApp>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn accept(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let agent = require_session(&app, &headers)?;
     let job = parse_uuid("job", &id)?;
     app.store.with(|s| s.accept_job(agent, job)).map(Json)
 }
 
-async fn acquire(State(app): State<SharedApp>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn acquire(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let agent = require_session(&app, &headers)?;
     let job = parse_uuid("job", &id)?;
-    let lock = headers.get("x-buildkite-lock-acquire-job").and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() == "1" || v.trim().eq_ignore_ascii_case("true"));
-    app.store.with(|s| s.acquire_job(agent, job, lock)).map(Json)
+    let lock = headers
+        .get("x-buildkite-lock-acquire-job")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "1" || v.trim().eq_ignore_ascii_case("true"));
+    app.store
+        .with(|s| s.acquire_job(agent, job, lock))
+        .map(Json)
 }

@@ -15,7 +15,9 @@ pub fn header_token<'a>(headers: &'a HeaderMap, scheme: &str) -> Option<&'a str>
 }
 
 fn missing(scheme: &str, what: &str) -> ApiError {
-    ApiError::unauthorized(format!("Missing or invalid Authorization header: expected \"{scheme} <{what}>\""))
+    ApiError::unauthorized(format!(
+        "Missing or invalid Authorization header: expected \"{scheme} <{what}>\""
+    ))
 }
 
 pub fn require_agent_token(app: &App, headers: &HeaderMap) -> ApiResult<()> {
@@ -29,7 +31,8 @@ pub fn require_agent_token(app: &App, headers: &HeaderMap) -> ApiResult<()> {
 
 /// The agent a session token belongs to.
 pub fn require_session(app: &App, headers: &HeaderMap) -> ApiResult<Uuid> {
-    let token = header_token(headers, "Token").ok_or_else(|| missing("Token", "agent access token"))?;
+    let token =
+        header_token(headers, "Token").ok_or_else(|| missing("Token", "agent access token"))?;
     app.store
         .read(|s| s.sessions.get(token).copied())
         .ok_or_else(|| ApiError::unauthorized("Invalid agent access token"))
@@ -44,7 +47,10 @@ pub fn require_job_token(app: &App, headers: &HeaderMap, job_id: Uuid) -> ApiRes
             return *id == job_id;
         }
         let agent = s.sessions.get(token);
-        agent.is_some() && s.jobs.get(&job_id).is_some_and(|j| j.agent_id.as_ref() == agent)
+        agent.is_some()
+            && s.jobs
+                .get(&job_id)
+                .is_some_and(|j| j.agent_id.as_ref() == agent)
     });
     if allowed {
         Ok(())
@@ -54,14 +60,18 @@ pub fn require_job_token(app: &App, headers: &HeaderMap, job_id: Uuid) -> ApiRes
 }
 
 pub fn require_api_token(app: &App, headers: &HeaderMap) -> ApiResult<()> {
-    let token = header_token(headers, "Bearer").ok_or_else(|| missing("Bearer", "API access token"))?;
+    let token =
+        header_token(headers, "Bearer").ok_or_else(|| missing("Bearer", "API access token"))?;
     if token == app.api_token.expose() {
         Ok(())
     } else {
-        Err(ApiError::unauthorized("Authentication required. Please supply a valid API Access Token"))
+        Err(ApiError::unauthorized(
+            "Authentication required. Please supply a valid API Access Token",
+        ))
     }
 }
 
 pub fn parse_uuid(what: &str, raw: &str) -> ApiResult<Uuid> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("No {what} found with id {raw:?}")))
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::not_found(format!("No {what} found with id {raw:?}")))
 }

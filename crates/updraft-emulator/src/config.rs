@@ -71,7 +71,9 @@ pub struct RateLimitConfig {
 impl RateLimitConfig {
     /// No limits at all (the test default).
     pub fn unlimited() -> Self {
-        RateLimitConfig { limits: BTreeMap::new() }
+        RateLimitConfig {
+            limits: BTreeMap::new(),
+        }
     }
 
     /// Buildkite's documented limits (reference §1.7 and §3.3).
@@ -87,7 +89,12 @@ impl RateLimitConfig {
             ("rest", 200),
             ("rest_user", 50),
         ];
-        RateLimitConfig { limits: limits.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+        RateLimitConfig {
+            limits: limits
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }
     }
 
     pub fn limit(&self, scope: &str) -> Option<u32> {
@@ -130,7 +137,13 @@ pub struct PushFaults {
 
 impl Default for PushFaults {
     fn default() -> Self {
-        PushFaults { drop_fraction: 0.0, duplicate_fraction: 0.0, delay_fraction: 0.0, delay: Duration::from_millis(500), seed: 1 }
+        PushFaults {
+            drop_fraction: 0.0,
+            duplicate_fraction: 0.0,
+            delay_fraction: 0.0,
+            delay: Duration::from_millis(500),
+            seed: 1,
+        }
     }
 }
 
@@ -144,6 +157,9 @@ pub struct ApiFaults {
 
 impl Default for ApiFaults {
     fn default() -> Self {
-        ApiFaults { fraction: 0.0, seed: 1 }
+        ApiFaults {
+            fraction: 0.0,
+            seed: 1,
+        }
     }
 }

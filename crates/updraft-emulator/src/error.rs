@@ -12,6 +12,12 @@ pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// Rarely needed additions, boxed to keep the error small.
+    pub details: Option<Box<ErrorDetails>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ErrorDetails {
     /// Fields added next to `message` (a 429's `scope`, `limit`, …).
     pub extra: Map<String, Value>,
     pub headers: HeaderMap,
@@ -21,7 +27,12 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into(), retry_after: None, extra: Map::new(), headers: HeaderMap::new() }
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+            details: None,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
@@ -48,12 +59,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = self.extra;
-        body.insert("message".to_string(), Value::String(self.message));
-        let mut response = (self.status, Json(Value::Object(body))).into_response();
-        response.headers_mut().extend(self.headers);
+        let ErrorDetails { mut extra, headers } = self.details.map(|d| *d).unwrap_or_default();
+        extra.insert("message".to_string(), Value::String(self.message));
+        let mut response = (self.status, Json(Value::Object(extra))).into_response();
+        response.headers_mut().extend(headers);
         if let Some(seconds) = self.retry_after {
-            response.headers_mut().insert("retry-after", HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from(seconds));
         }
         response
     }
@@ -62,6 +75,11 @@ impl IntoResponse for ApiError {
 /// Parse a JSON body, answering malformed input with 400 and the parser's explanation. An
 /// empty body reads as `{}` (agents send none on some calls).
 pub fn parse_json<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> ApiResult<T> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("{what}: malformed JSON body: {e}")))
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{what}: malformed JSON body: {e}")))
 }

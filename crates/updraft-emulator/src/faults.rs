@@ -11,7 +11,9 @@ pub struct Dice {
 
 impl Dice {
     pub fn new(seed: u64) -> Self {
-        Dice { rng: StdRng::seed_from_u64(seed) }
+        Dice {
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     /// True with probability `fraction` (clamped to 0..=1); no randomness used for 0.

@@ -3,7 +3,9 @@
 //! injection, rate-limit presets, queue pause, and cancelling a single job. No auth: it
 //! binds to loopback, and secrets are never echoed back.
 
-use crate::config::{ApiFaults, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget};
+use crate::config::{
+    ApiFaults, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget,
+};
 use crate::error::{parse_json, ApiError, ApiResult};
 use crate::server::SharedApp;
 use crate::store::model::Job;
@@ -71,10 +73,16 @@ struct JobsQuery {
     state: Option<String>,
 }
 
-async fn list_jobs(State(app): State<SharedApp>, Query(query): Query<JobsQuery>) -> ApiResult<Json<Value>> {
+async fn list_jobs(
+    State(app): State<SharedApp>,
+    Query(query): Query<JobsQuery>,
+) -> ApiResult<Json<Value>> {
     let state = match query.state.as_deref() {
         None | Some("") => None,
-        Some(raw) => Some(raw.parse::<JobState>().map_err(|e| ApiError::bad_request(format!("state: {e}")))?),
+        Some(raw) => Some(
+            raw.parse::<JobState>()
+                .map_err(|e| ApiError::bad_request(format!("state: {e}")))?,
+        ),
     };
     let jobs = app.store.read(|s| {
         let mut jobs: Vec<&Job> = s.jobs.values().filter(|j| state.is_none_or(|st| j.state == st)).collect();
@@ -94,15 +102,25 @@ fn job_id(raw: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(raw).map_err(|_| ApiError::not_found(format!("No job found with id {raw:?}")))
 }
 
-async fn job_detail(State(app): State<SharedApp>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn job_detail(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = job_id(&id)?;
-    app.store.read(|s| s.jobs.get(&id).map(|j| Json(job_detail_json(s, j)))).ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))
+    app.store
+        .read(|s| s.jobs.get(&id).map(|j| Json(job_detail_json(s, j))))
+        .ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))
 }
 
 /// Stands in for GraphQL `jobTypeCommandCancel`, which the REST API lacks (reference §3.4).
-async fn cancel_job(State(app): State<SharedApp>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn cancel_job(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = job_id(&id)?;
-    let state = app.store.with(|s| s.cancel_job(id, "canceled through /_emulator"))?;
+    let state = app
+        .store
+        .with(|s| s.cancel_job(id, "canceled through /_emulator"))?;
     Ok(Json(json!({"id": id, "state": state.as_str()})))
 }
 
@@ -129,11 +147,21 @@ async fn counters(State(app): State<SharedApp>) -> Json<Value> {
     }))
 }
 
-async fn start_workload(State(app): State<SharedApp>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn start_workload(
+    State(app): State<SharedApp>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let request: WorkloadRequest = parse_json("workload", &body)?;
     let started = workload::start(&app, request.arrivals()?)?;
-    let created: Vec<Value> = started.created.iter().map(|(p, n)| json!({"pipeline": p, "number": n})).collect();
-    Ok((StatusCode::ACCEPTED, Json(json!({"created": created, "pending": started.pending}))))
+    let created: Vec<Value> = started
+        .created
+        .iter()
+        .map(|(p, n)| json!({"pipeline": p, "number": n}))
+        .collect();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"created": created, "pending": started.pending})),
+    ))
 }
 
 /// Push targets as JSON: `{webhook_url, webhook_token | webhook_secret, eventbridge_url}`.
@@ -149,33 +177,58 @@ pub struct PushRequest {
 impl PushRequest {
     pub fn into_targets(self) -> ApiResult<PushTargets> {
         let auth = match (self.webhook_token, self.webhook_secret) {
-            (Some(_), Some(_)) => return Err(ApiError::unprocessable("push: give webhook_token or webhook_secret, not both")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::unprocessable(
+                    "push: give webhook_token or webhook_secret, not both",
+                ))
+            }
             (Some(token), None) => Some(WebhookAuth::Token(token)),
             (None, Some(secret)) => Some(WebhookAuth::Signature(secret)),
             (None, None) => None,
         };
         let webhook = match (self.webhook_url.filter(|u| !u.is_empty()), auth) {
-            (Some(url), Some(auth)) => Some(WebhookTarget { url: checked_url("webhook_url", url)?, auth }),
-            (Some(url), None) => Some(WebhookTarget { url: checked_url("webhook_url", url)?, auth: WebhookAuth::Token(Secret::default()) }),
-            (None, Some(_)) => return Err(ApiError::unprocessable("push: a webhook token or secret needs webhook_url")),
+            (Some(url), Some(auth)) => Some(WebhookTarget {
+                url: checked_url("webhook_url", url)?,
+                auth,
+            }),
+            (Some(url), None) => Some(WebhookTarget {
+                url: checked_url("webhook_url", url)?,
+                auth: WebhookAuth::Token(Secret::default()),
+            }),
+            (None, Some(_)) => {
+                return Err(ApiError::unprocessable(
+                    "push: a webhook token or secret needs webhook_url",
+                ))
+            }
             (None, None) => None,
         };
-        let eventbridge_url = self.eventbridge_url.filter(|u| !u.is_empty()).map(|u| checked_url("eventbridge_url", u)).transpose()?;
-        Ok(PushTargets { webhook, eventbridge_url })
+        let eventbridge_url = self
+            .eventbridge_url
+            .filter(|u| !u.is_empty())
+            .map(|u| checked_url("eventbridge_url", u))
+            .transpose()?;
+        Ok(PushTargets {
+            webhook,
+            eventbridge_url,
+        })
     }
 }
 
 fn checked_url(field: &str, raw: String) -> ApiResult<String> {
-    url::Url::parse(&raw).map_err(|e| ApiError::unprocessable(format!("push: {field} {raw:?} is not a URL: {e}")))?;
+    url::Url::parse(&raw)
+        .map_err(|e| ApiError::unprocessable(format!("push: {field} {raw:?} is not a URL: {e}")))?;
     Ok(raw)
 }
 
 fn push_json(targets: &PushTargets) -> Value {
     let (url, auth) = match &targets.webhook {
-        Some(w) => (Some(w.url.clone()), Some(match &w.auth {
-            WebhookAuth::Token(_) => "token",
-            WebhookAuth::Signature(_) => "signature",
-        })),
+        Some(w) => (
+            Some(w.url.clone()),
+            Some(match &w.auth {
+                WebhookAuth::Token(_) => "token",
+                WebhookAuth::Signature(_) => "signature",
+            }),
+        ),
         None => (None, None),
     };
     json!({"webhook_url": url, "webhook_auth": auth, "eventbridge_url": targets.eventbridge_url})
@@ -220,7 +273,9 @@ fn fraction(field: &str, value: f64) -> ApiResult<f64> {
     if (0.0..=1.0).contains(&value) {
         Ok(value)
     } else {
-        Err(ApiError::unprocessable(format!("faults: {field} must be a fraction from 0 to 1, got {value}")))
+        Err(ApiError::unprocessable(format!(
+            "faults: {field} must be a fraction from 0 to 1, got {value}"
+        )))
     }
 }
 
@@ -238,7 +293,10 @@ async fn get_faults(State(app): State<SharedApp>) -> Json<Value> {
 async fn set_faults(State(app): State<SharedApp>, body: Bytes) -> ApiResult<Json<Value>> {
     let request: FaultsRequest = parse_json("faults", &body)?;
     let api = match request.api {
-        Some(a) => Some(ApiFaults { fraction: fraction("api.fraction", a.fraction)?, seed: a.seed.unwrap_or(1) }),
+        Some(a) => Some(ApiFaults {
+            fraction: fraction("api.fraction", a.fraction)?,
+            seed: a.seed.unwrap_or(1),
+        }),
         None => None,
     };
     let push = match request.push {

@@ -26,7 +26,10 @@ pub fn routes() -> Router<SharedApp> {
         .route("/jobs/{id}/pipelines", post(upload_pipeline))
         .route("/jobs/{id}/pipelines/{uuid}", get(upload_status))
         .route("/jobs/{id}/annotations", post(annotate))
-        .route("/jobs/{id}/annotations/{context}", delete(remove_annotation))
+        .route(
+            "/jobs/{id}/annotations/{context}",
+            delete(remove_annotation),
+        )
         .route("/{scope}/{id}/data/set", post(meta_data_set))
         .route("/{scope}/{id}/data/set-batch", post(meta_data_set_batch))
         .route("/{scope}/{id}/data/get", post(meta_data_get))
@@ -40,13 +43,25 @@ fn authorized_job(app: &SharedApp, headers: &HeaderMap, id: &str) -> ApiResult<U
     Ok(job)
 }
 
-async fn job_state(State(app): State<SharedApp>, Path(id): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn job_state(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let job = authorized_job(&app, &headers, &id)?;
-    let state = app.store.read(|s| s.job_state(job)).ok_or_else(|| ApiError::not_found("Job not found"))?;
+    let state = app
+        .store
+        .read(|s| s.job_state(job))
+        .ok_or_else(|| ApiError::not_found("Job not found"))?;
     Ok(Json(json!({"state": state.as_str()})))
 }
 
-async fn start(State(app): State<SharedApp>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn start(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let job = authorized_job(&app, &headers, &id)?;
     let _: Value = parse_json("start", &body)?;
     app.store.with(|s| s.start_job(job))?;
@@ -68,30 +83,51 @@ async fn chunks(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let job = authorized_job(&app, &headers, &id)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request(format!("chunks: query parameters sequence, offset and size must be integers: {e}")))?;
-    let (Some(_sequence), Some(offset), Some(size)) = (query.sequence, query.offset, query.size) else {
-        return Err(ApiError::bad_request("chunks: query parameters sequence, offset and size are all required"));
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(format!(
+            "chunks: query parameters sequence, offset and size must be integers: {e}"
+        ))
+    })?;
+    let (Some(_sequence), Some(offset), Some(size)) = (query.sequence, query.offset, query.size)
+    else {
+        return Err(ApiError::bad_request(
+            "chunks: query parameters sequence, offset and size are all required",
+        ));
     };
     let max = app.chunks_max_size_bytes;
     if size as usize > max {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("chunks: size {size} is larger than chunks_max_size_bytes {max}")));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("chunks: size {size} is larger than chunks_max_size_bytes {max}"),
+        ));
     }
-    let gzip = headers.get("content-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let gzip = headers
+        .get("content-encoding")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let data = if gzip {
         let mut data = Vec::new();
         flate2::read::GzDecoder::new(&body[..])
             .take(max as u64 + 1)
             .read_to_end(&mut data)
-            .map_err(|e| ApiError::bad_request(format!("chunks: the body is not valid gzip: {e}")))?;
+            .map_err(|e| {
+                ApiError::bad_request(format!("chunks: the body is not valid gzip: {e}"))
+            })?;
         data
     } else {
         body.to_vec()
     };
     if data.len() > max {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("chunks: the chunk is larger than chunks_max_size_bytes {max}")));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("chunks: the chunk is larger than chunks_max_size_bytes {max}"),
+        ));
     }
     if data.len() as u64 != size {
-        return Err(ApiError::bad_request(format!("chunks: size says {size} bytes but the uncompressed body has {}", data.len())));
+        return Err(ApiError::bad_request(format!(
+            "chunks: size says {size} bytes but the uncompressed body has {}",
+            data.len()
+        )));
     }
     app.store.with(|s| s.add_chunk(job, offset, data))?;
     Ok((StatusCode::CREATED, Json(json!({}))))
@@ -113,10 +149,20 @@ fn exit_status(value: Option<&Value>) -> ApiResult<i64> {
         Some(Value::Number(n)) => n.as_i64(),
         _ => None,
     };
-    parsed.ok_or_else(|| ApiError::unprocessable(format!("finish: exit_status must be an integer string like \"0\", got {}", value.map_or("nothing".to_string(), Value::to_string))))
+    parsed.ok_or_else(|| {
+        ApiError::unprocessable(format!(
+            "finish: exit_status must be an integer string like \"0\", got {}",
+            value.map_or("nothing".to_string(), Value::to_string)
+        ))
+    })
 }
 
-async fn finish(State(app): State<SharedApp>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn finish(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let job = authorized_job(&app, &headers, &id)?;
     let request: FinishRequest = parse_json("finish", &body)?;
     let status = exit_status(request.exit_status.as_ref())?;
@@ -157,24 +203,33 @@ async fn upload_pipeline(
     if request.uuid.trim().is_empty() {
         return Err(ApiError::unprocessable("pipeline upload: uuid must be set"));
     }
-    let def = steps::parse_value("pipeline", &request.pipeline).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-    app.store.with(|s| s.upload_pipeline(job, &request.uuid, &def.steps))?;
+    let def = steps::parse_value("pipeline", &request.pipeline)
+        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    app.store
+        .with(|s| s.upload_pipeline(job, &request.uuid, &def.steps))?;
     if !query.is_async.unwrap_or(false) {
         return Ok(Json(json!({})).into_response());
     }
     let location = format!("{}/v3/jobs/{job}/pipelines/{}", app.base_url, request.uuid);
     let mut response = (StatusCode::ACCEPTED, Json(json!({}))).into_response();
-    let value = HeaderValue::from_str(&location).map_err(|_| ApiError::unprocessable("pipeline upload: uuid must be printable"))?;
+    let value = HeaderValue::from_str(&location)
+        .map_err(|_| ApiError::unprocessable("pipeline upload: uuid must be printable"))?;
     response.headers_mut().insert("location", value);
     Ok(response)
 }
 
-async fn upload_status(State(app): State<SharedApp>, Path((id, upload)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn upload_status(
+    State(app): State<SharedApp>,
+    Path((id, upload)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let job = authorized_job(&app, &headers, &id)?;
     if app.store.read(|s| s.upload_applied(job, &upload)) {
         Ok(Json(json!({"state": "applied", "message": ""})))
     } else {
-        Err(ApiError::not_found(format!("No pipeline upload {upload:?} for this job")))
+        Err(ApiError::not_found(format!(
+            "No pipeline upload {upload:?} for this job"
+        )))
     }
 }
 
@@ -189,30 +244,66 @@ struct AnnotateRequest {
     scope: String,
 }
 
-async fn annotate(State(app): State<SharedApp>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn annotate(
+    State(app): State<SharedApp>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let job = authorized_job(&app, &headers, &id)?;
     let request: AnnotateRequest = parse_json("annotate", &body)?;
-    let context = if request.context.is_empty() { "default".to_string() } else { request.context };
+    let context = if request.context.is_empty() {
+        "default".to_string()
+    } else {
+        request.context
+    };
     if context.chars().count() > 100 {
-        return Err(ApiError::unprocessable("annotate: context must be at most 100 characters"));
+        return Err(ApiError::unprocessable(
+            "annotate: context must be at most 100 characters",
+        ));
     }
-    let style = if request.style.is_empty() { "default".to_string() } else { request.style };
+    let style = if request.style.is_empty() {
+        "default".to_string()
+    } else {
+        request.style
+    };
     if !["default", "success", "info", "warning", "error"].contains(&style.as_str()) {
-        return Err(ApiError::unprocessable(format!("annotate: style {style:?} must be one of success, info, warning, error")));
+        return Err(ApiError::unprocessable(format!(
+            "annotate: style {style:?} must be one of success, info, warning, error"
+        )));
     }
     let priority = request.priority.unwrap_or(3);
     if !(1..=10).contains(&priority) {
-        return Err(ApiError::unprocessable("annotate: priority must be from 1 to 10"));
+        return Err(ApiError::unprocessable(
+            "annotate: priority must be from 1 to 10",
+        ));
     }
     if request.body.len() > 1024 * 1024 {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "annotate: body must be at most 1 MiB"));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "annotate: body must be at most 1 MiB",
+        ));
     }
-    let scope = if request.scope.is_empty() { "build".to_string() } else { request.scope };
+    let scope = if request.scope.is_empty() {
+        "build".to_string()
+    } else {
+        request.scope
+    };
     if scope != "build" && scope != "job" {
-        return Err(ApiError::unprocessable(format!("annotate: scope {scope:?} must be build or job")));
+        return Err(ApiError::unprocessable(format!(
+            "annotate: scope {scope:?} must be build or job"
+        )));
     }
-    let annotation = Annotation { context, body: request.body, style, priority, scope, job_id: Some(job) };
-    app.store.with(|s| s.annotate(job, annotation, request.append))?;
+    let annotation = Annotation {
+        context,
+        body: request.body,
+        style,
+        priority,
+        scope,
+        job_id: Some(job),
+    };
+    app.store
+        .with(|s| s.annotate(job, annotation, request.append))?;
     Ok((StatusCode::CREATED, Json(json!({"id": Uuid::new_v4()}))))
 }
 
@@ -229,7 +320,8 @@ async fn remove_annotation(
 ) -> ApiResult<StatusCode> {
     let job = authorized_job(&app, &headers, &id)?;
     let scope = query.scope.unwrap_or_else(|| "build".to_string());
-    app.store.with(|s| s.remove_annotation(job, &scope, &context))?;
+    app.store
+        .with(|s| s.remove_annotation(job, &scope, &context))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -238,19 +330,29 @@ fn meta_data_build(app: &SharedApp, headers: &HeaderMap, scope: &str, id: &str) 
     match scope {
         "jobs" => {
             let job = authorized_job(app, headers, id)?;
-            app.store.read(|s| s.jobs.get(&job).map(|j| j.build_id)).ok_or_else(|| ApiError::not_found("Job not found"))
+            app.store
+                .read(|s| s.jobs.get(&job).map(|j| j.build_id))
+                .ok_or_else(|| ApiError::not_found("Job not found"))
         }
         "builds" => {
             let build = parse_uuid("build", id)?;
-            let token = header_token(headers, "Token").ok_or_else(|| ApiError::unauthorized("Missing Authorization header: expected \"Token <job token>\""))?;
-            let ok = app.store.read(|s| s.job_by_token(token).is_some_and(|j| j.build_id == build));
+            let token = header_token(headers, "Token").ok_or_else(|| {
+                ApiError::unauthorized(
+                    "Missing Authorization header: expected \"Token <job token>\"",
+                )
+            })?;
+            let ok = app
+                .store
+                .read(|s| s.job_by_token(token).is_some_and(|j| j.build_id == build));
             if ok {
                 Ok(build)
             } else {
                 Err(ApiError::unauthorized("Invalid job token for this build"))
             }
         }
-        other => Err(ApiError::not_found(format!("No meta-data scope {other:?} (expected jobs or builds)"))),
+        other => Err(ApiError::not_found(format!(
+            "No meta-data scope {other:?} (expected jobs or builds)"
+        ))),
     }
 }
 
@@ -262,22 +364,34 @@ struct MetaItem {
 
 fn valid_item(path: &str, item: &MetaItem) -> ApiResult<()> {
     if item.key.trim().is_empty() {
-        return Err(ApiError::unprocessable(format!("{path}.key must not be empty")));
+        return Err(ApiError::unprocessable(format!(
+            "{path}.key must not be empty"
+        )));
     }
     if item.value.trim().is_empty() {
-        return Err(ApiError::unprocessable(format!("{path}.value must not be empty")));
+        return Err(ApiError::unprocessable(format!(
+            "{path}.value must not be empty"
+        )));
     }
     Ok(())
 }
 
-async fn meta_data_set(State(app): State<SharedApp>, Path((scope, id)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn meta_data_set(
+    State(app): State<SharedApp>,
+    Path((scope, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     if scope != "jobs" {
-        return Err(ApiError::not_found("meta-data can only be set through jobs/{id}/data/set"));
+        return Err(ApiError::not_found(
+            "meta-data can only be set through jobs/{id}/data/set",
+        ));
     }
     let build = meta_data_build(&app, &headers, &scope, &id)?;
     let item: MetaItem = parse_json("meta-data set", &body)?;
     valid_item("meta-data", &item)?;
-    app.store.with(|s| s.meta_data(build).map(|m| m.insert(item.key, item.value)))?;
+    app.store
+        .with(|s| s.meta_data(build).map(|m| m.insert(item.key, item.value)))?;
     Ok(Json(json!({})))
 }
 
@@ -286,16 +400,26 @@ struct MetaBatch {
     items: Vec<MetaItem>,
 }
 
-async fn meta_data_set_batch(State(app): State<SharedApp>, Path((scope, id)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn meta_data_set_batch(
+    State(app): State<SharedApp>,
+    Path((scope, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     if scope != "jobs" {
-        return Err(ApiError::not_found("meta-data can only be set through jobs/{id}/data/set-batch"));
+        return Err(ApiError::not_found(
+            "meta-data can only be set through jobs/{id}/data/set-batch",
+        ));
     }
     let build = meta_data_build(&app, &headers, &scope, &id)?;
     let batch: MetaBatch = parse_json("meta-data set-batch", &body)?;
     for (i, item) in batch.items.iter().enumerate() {
         valid_item(&format!("items[{i}]"), item)?;
     }
-    app.store.with(|s| s.meta_data(build).map(|m| m.extend(batch.items.into_iter().map(|i| (i.key, i.value)))))?;
+    app.store.with(|s| {
+        s.meta_data(build)
+            .map(|m| m.extend(batch.items.into_iter().map(|i| (i.key, i.value))))
+    })?;
     Ok(Json(json!({})))
 }
 
@@ -304,23 +428,45 @@ struct MetaKey {
     key: String,
 }
 
-async fn meta_data_get(State(app): State<SharedApp>, Path((scope, id)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn meta_data_get(
+    State(app): State<SharedApp>,
+    Path((scope, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let build = meta_data_build(&app, &headers, &scope, &id)?;
     let request: MetaKey = parse_json("meta-data get", &body)?;
-    let value = app.store.with(|s| s.meta_data(build).map(|m| m.get(&request.key).cloned()))?;
-    let value = value.ok_or_else(|| ApiError::not_found(format!("No meta-data value for key {:?}", request.key)))?;
+    let value = app
+        .store
+        .with(|s| s.meta_data(build).map(|m| m.get(&request.key).cloned()))?;
+    let value = value.ok_or_else(|| {
+        ApiError::not_found(format!("No meta-data value for key {:?}", request.key))
+    })?;
     Ok(Json(json!({"key": request.key, "value": value})))
 }
 
-async fn meta_data_exists(State(app): State<SharedApp>, Path((scope, id)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
+async fn meta_data_exists(
+    State(app): State<SharedApp>,
+    Path((scope, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     let build = meta_data_build(&app, &headers, &scope, &id)?;
     let request: MetaKey = parse_json("meta-data exists", &body)?;
-    let exists = app.store.with(|s| s.meta_data(build).map(|m| m.contains_key(&request.key)))?;
+    let exists = app
+        .store
+        .with(|s| s.meta_data(build).map(|m| m.contains_key(&request.key)))?;
     Ok(Json(json!({"exists": exists})))
 }
 
-async fn meta_data_keys(State(app): State<SharedApp>, Path((scope, id)): Path<(String, String)>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn meta_data_keys(
+    State(app): State<SharedApp>,
+    Path((scope, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     let build = meta_data_build(&app, &headers, &scope, &id)?;
-    let keys: Vec<String> = app.store.with(|s| s.meta_data(build).map(|m| m.keys().cloned().collect()))?;
+    let keys: Vec<String> = app
+        .store
+        .with(|s| s.meta_data(build).map(|m| m.keys().cloned().collect()))?;
     Ok(Json(json!(keys)))
 }

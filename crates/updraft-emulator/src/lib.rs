@@ -28,7 +28,9 @@ pub mod steps;
 mod store;
 pub mod workload;
 
-pub use config::{ApiFaults, EmulatorConfig, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget};
+pub use config::{
+    ApiFaults, EmulatorConfig, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget,
+};
 pub use push::signature_header;
 pub use updraft_model::JobState;
 
@@ -61,8 +63,12 @@ pub struct EmulatorHandle {
 
 /// Bind, start serving and return once requests are answered.
 pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding the emulator to {}", config.listen))?;
-    let addr = listener.local_addr().context("reading the emulator's bound address")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the emulator to {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("reading the emulator's bound address")?;
     let url = format!("http://{addr}");
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let app: SharedApp = Arc::new(App::new(&config, url.clone(), events_tx));
@@ -81,7 +87,13 @@ pub async fn start(config: EmulatorConfig) -> anyhow::Result<EmulatorHandle> {
     });
     let deadlines = tokio::spawn(server::run_deadlines(app.clone(), stop_rx.clone()));
     let push = tokio::spawn(push::run_push(app.clone(), events_rx, stop_rx));
-    Ok(EmulatorHandle { addr, url, app, stop, tasks: vec![server, deadlines, push] })
+    Ok(EmulatorHandle {
+        addr,
+        url,
+        app,
+        stop,
+        tasks: vec![server, deadlines, push],
+    })
 }
 
 impl EmulatorHandle {
@@ -145,15 +157,25 @@ impl EmulatorHandle {
             configuration: yaml.to_string(),
             def,
         };
-        self.app.store.with(|s| s.create_pipeline(req)).map(|_| ()).map_err(|e| anyhow::anyhow!(e.message))
+        self.app
+            .store
+            .with(|s| s.create_pipeline(req))
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!(e.message))
     }
 
     /// Create a build of `slug` on its default branch.
     pub fn create_build(&self, slug: &str) -> anyhow::Result<BuildRef> {
         self.app.store.with(|s| {
-            let id = s.create_build(slug, store::CreateBuild::default()).map_err(|e| anyhow::anyhow!(e.message))?;
+            let id = s
+                .create_build(slug, store::CreateBuild::default())
+                .map_err(|e| anyhow::anyhow!(e.message))?;
             let build = s.builds.get(&id).context("the new build vanished")?;
-            Ok(BuildRef { id, number: build.number, job_ids: build.jobs.clone() })
+            Ok(BuildRef {
+                id,
+                number: build.number,
+                job_ids: build.jobs.clone(),
+            })
         })
     }
 
@@ -163,17 +185,36 @@ impl EmulatorHandle {
 
     /// Cancel one job (running jobs go to `canceling` until their agent finishes them).
     pub fn cancel_job(&self, job: Uuid) -> anyhow::Result<JobState> {
-        self.app.store.with(|s| s.cancel_job(job, "canceled through the emulator handle")).map_err(|e| anyhow::anyhow!(e.message))
+        self.app
+            .store
+            .with(|s| s.cancel_job(job, "canceled through the emulator handle"))
+            .map_err(|e| anyhow::anyhow!(e.message))
     }
 
     /// The job's log as reassembled so far.
     pub fn job_log(&self, job: Uuid) -> Option<Vec<u8>> {
-        self.app.store.read(|s| s.jobs.get(&job).map(|j| j.log.content()))
+        self.app
+            .store
+            .read(|s| s.jobs.get(&job).map(|j| j.log.content()))
     }
 
     /// Same JSON as `GET /_emulator/jobs/{id}`: state history and accept/acquire attempts.
     pub fn job_timeline(&self, job: Uuid) -> Option<serde_json::Value> {
-        self.app.store.read(|s| s.jobs.get(&job).map(|j| introspection::job_detail_json(s, j)))
+        self.app.store.read(|s| {
+            s.jobs
+                .get(&job)
+                .map(|j| introspection::job_detail_json(s, j))
+        })
+    }
+
+    /// Start a workload (the body of `POST /_emulator/workload`): offset-0 builds exist on
+    /// return, later ones are created on time by a background task.
+    pub fn start_workload(
+        &self,
+        request: workload::WorkloadRequest,
+    ) -> anyhow::Result<workload::WorkloadStarted> {
+        let arrivals = request.arrivals().map_err(|e| anyhow::anyhow!(e.message))?;
+        workload::start(&self.app, arrivals).map_err(|e| anyhow::anyhow!(e.message))
     }
 
     /// Stop serving and wait for the server and background tasks to end.

@@ -14,7 +14,11 @@ pub struct JobLog {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChunkError {
     #[error("a chunk at offset {offset} was already received with different content ({existing} bytes, now {new} bytes)")]
-    Conflict { offset: u64, existing: usize, new: usize },
+    Conflict {
+        offset: u64,
+        existing: usize,
+        new: usize,
+    },
 }
 
 impl JobLog {
@@ -24,7 +28,11 @@ impl JobLog {
         self.chunks_received += 1;
         match self.chunks.get(&offset) {
             Some(existing) if *existing == data => Ok(()),
-            Some(existing) => Err(ChunkError::Conflict { offset, existing: existing.len(), new: data.len() }),
+            Some(existing) => Err(ChunkError::Conflict {
+                offset,
+                existing: existing.len(),
+                new: data.len(),
+            }),
             None => {
                 self.chunks.insert(offset, data);
                 Ok(())

@@ -23,11 +23,15 @@ struct Delivery {
 
 /// `X-Buildkite-Signature` value: `timestamp=<unix>,signature=<hex HMAC-SHA256 of "timestamp.body">`.
 pub fn signature_header(secret: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("timestamp={timestamp},signature={}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "timestamp={timestamp},signature={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 /// EventBridge detail-type for a webhook event name.
@@ -50,7 +54,13 @@ fn eb_time(value: &Value) -> Value {
     value
         .as_str()
         .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-        .map_or(Value::Null, |t| Value::String(t.with_timezone(&chrono::Utc).format("%Y-%m-%d %H:%M:%S UTC").to_string()))
+        .map_or(Value::Null, |t| {
+            Value::String(
+                t.with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%d %H:%M:%S UTC")
+                    .to_string(),
+            )
+        })
 }
 
 fn eventbridge_detail(event: &Event, org: &str, org_id: &Value) -> Value {
@@ -59,14 +69,18 @@ fn eventbridge_detail(event: &Event, org: &str, org_id: &Value) -> Value {
     let mut detail = Map::new();
     detail.insert("version".into(), json!(1));
     if let Some(j) = &event.job {
-        let state = if event.name == "job.finished" { json!("finished") } else { j["state"].clone() };
+        let state = if event.name == "job.finished" {
+            json!("finished")
+        } else {
+            j["state"].clone()
+        };
         detail.insert(
             "job".into(),
             json!({
                 "uuid": j["id"], "graphql_id": j["graphql_id"], "type": j["type"], "label": j["label"],
                 "step_key": j["step_key"], "command": j["command"], "agent_query_rules": j["agent_query_rules"],
                 "exit_status": j["exit_status"], "signal_reason": j["signal_reason"], "passed": j["state"] == "passed",
-                "soft_failed": false, "state": state, "broken_reason": null,
+                "soft_failed": false, "state": state, "broken_reason": j["broken_reason"],
                 "runnable_at": eb_time(&j["runnable_at"]), "started_at": eb_time(&j["started_at"]),
                 "finished_at": eb_time(&j["finished_at"]), "unblocked_by": j["unblocked_by"],
                 "retried_in_job_id": j["retried_in_job_id"],
@@ -86,7 +100,10 @@ fn eventbridge_detail(event: &Event, org: &str, org_id: &Value) -> Value {
         }),
     );
     detail.insert("pipeline".into(), json!({"uuid": p["id"], "graphql_id": p["graphql_id"], "slug": p["slug"], "repo": p["repository"]}));
-    detail.insert("organization".into(), json!({"uuid": org_id, "graphql_id": null, "slug": org}));
+    detail.insert(
+        "organization".into(),
+        json!({"uuid": org_id, "graphql_id": null, "slug": org}),
+    );
     Value::Object(detail)
 }
 
@@ -98,7 +115,12 @@ fn deliveries(app: &SharedApp, event: &Event) -> Vec<Delivery> {
         if let Some(job) = &event.job {
             body["job"] = job.clone();
         }
-        out.push(Delivery { url: url.clone(), body: body.to_string().into_bytes(), event: event.name, webhook_auth: Some(auth.clone()) });
+        out.push(Delivery {
+            url: url.clone(),
+            body: body.to_string().into_bytes(),
+            event: event.name,
+            webhook_auth: Some(auth.clone()),
+        });
     }
     if let (Some(url), Some(kind)) = (&targets.eventbridge_url, detail_type(event)) {
         let org_id = app.store.read(|s| json!(s.settings.org_id));
@@ -113,18 +135,33 @@ fn deliveries(app: &SharedApp, event: &Event) -> Vec<Delivery> {
             "resources": [],
             "detail": eventbridge_detail(event, &app.org, &org_id),
         });
-        out.push(Delivery { url: url.clone(), body: envelope.to_string().into_bytes(), event: event.name, webhook_auth: None });
+        out.push(Delivery {
+            url: url.clone(),
+            body: envelope.to_string().into_bytes(),
+            event: event.name,
+            webhook_auth: None,
+        });
     }
     out
 }
 
 async fn send(app: SharedApp, client: reqwest::Client, delivery: Delivery) {
-    let mut request = client.post(&delivery.url).header("content-type", "application/json").header("user-agent", "Buildkite-Request (updraft-emulator)");
+    let mut request = client
+        .post(&delivery.url)
+        .header("content-type", "application/json")
+        .header("user-agent", "Buildkite-Request (updraft-emulator)");
     if let Some(auth) = &delivery.webhook_auth {
         request = request.header("x-buildkite-event", delivery.event);
         request = match auth {
             WebhookAuth::Token(token) => request.header("x-buildkite-token", token.expose()),
-            WebhookAuth::Signature(secret) => request.header("x-buildkite-signature", signature_header(secret.expose(), chrono::Utc::now().timestamp(), &delivery.body)),
+            WebhookAuth::Signature(secret) => request.header(
+                "x-buildkite-signature",
+                signature_header(
+                    secret.expose(),
+                    chrono::Utc::now().timestamp(),
+                    &delivery.body,
+                ),
+            ),
         };
     }
     let ok = match request.body(delivery.body).send().await {
@@ -138,13 +175,26 @@ async fn send(app: SharedApp, client: reqwest::Client, delivery: Delivery) {
             false
         }
     };
-    app.store.with(|s| if ok { s.counters.push_sent += 1 } else { s.counters.push_failed += 1 });
+    app.store.with(|s| {
+        if ok {
+            s.counters.push_sent += 1
+        } else {
+            s.counters.push_failed += 1
+        }
+    });
 }
 
 /// Deliver events until shutdown. Each delivery runs in its own task, so a slow receiver
 /// delays nobody else (webhooks carry no ordering promise).
-pub async fn run_push(app: SharedApp, mut events: mpsc::UnboundedReceiver<Event>, mut shutdown: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(10)).build() {
+pub async fn run_push(
+    app: SharedApp,
+    mut events: mpsc::UnboundedReceiver<Event>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "cannot build the HTTP client for push delivery; webhooks and EventBridge are off");
@@ -158,9 +208,18 @@ pub async fn run_push(app: SharedApp, mut events: mpsc::UnboundedReceiver<Event>
         };
         for delivery in deliveries(&app, &event) {
             let (drop, duplicate, delay, delay_by) = {
-                let mut guard = app.live.push_faults.lock().unwrap_or_else(|p| p.into_inner());
+                let mut guard = app
+                    .live
+                    .push_faults
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let (faults, dice) = &mut *guard;
-                (dice.roll(faults.drop_fraction), dice.roll(faults.duplicate_fraction), dice.roll(faults.delay_fraction), faults.delay)
+                (
+                    dice.roll(faults.drop_fraction),
+                    dice.roll(faults.duplicate_fraction),
+                    dice.roll(faults.delay_fraction),
+                    faults.delay,
+                )
             };
             if drop {
                 app.store.with(|s| s.counters.push_dropped += 1);
@@ -193,12 +252,21 @@ mod tests {
         let header = signature_header("secret", 1700000000, b"{}");
         let mut mac = Hmac::<Sha256>::new_from_slice(b"secret").unwrap();
         mac.update(b"1700000000.{}");
-        assert_eq!(header, format!("timestamp=1700000000,signature={}", hex::encode(mac.finalize().into_bytes())));
+        assert_eq!(
+            header,
+            format!(
+                "timestamp=1700000000,signature={}",
+                hex::encode(mac.finalize().into_bytes())
+            )
+        );
     }
 
     #[test]
     fn eventbridge_times_use_the_utc_suffix() {
-        assert_eq!(eb_time(&json!("2026-01-02T03:04:05.123Z")), json!("2026-01-02 03:04:05 UTC"));
+        assert_eq!(
+            eb_time(&json!("2026-01-02T03:04:05.123Z")),
+            json!("2026-01-02 03:04:05 UTC")
+        );
         assert_eq!(eb_time(&Value::Null), Value::Null);
     }
 }

@@ -39,15 +39,25 @@ pub struct App {
 pub type SharedApp = Arc<App>;
 
 impl App {
-    pub fn new(config: &EmulatorConfig, base_url: String, events: mpsc::UnboundedSender<Event>) -> Self {
+    pub fn new(
+        config: &EmulatorConfig,
+        base_url: String,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
         let settings = Settings::new(config, base_url.clone());
         let chunks_max_size_bytes = settings.chunks_max_size_bytes;
         let app = App {
             store: Store::new(settings, events),
             live: Live {
                 push: Mutex::new(PushTargets::default()),
-                push_faults: Mutex::new((config.push_faults.clone(), Dice::new(config.push_faults.seed))),
-                api_faults: Mutex::new((config.api_faults.clone(), Dice::new(config.api_faults.seed))),
+                push_faults: Mutex::new((
+                    config.push_faults.clone(),
+                    Dice::new(config.push_faults.seed),
+                )),
+                api_faults: Mutex::new((
+                    config.api_faults.clone(),
+                    Dice::new(config.api_faults.seed),
+                )),
                 rate: RateLimiter::new(config.rate_limits.clone()),
             },
             agent_token: config.agent_token.clone(),
@@ -68,48 +78,99 @@ impl App {
     }
 
     pub fn push_targets(&self) -> PushTargets {
-        self.live.push.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live
+            .push
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn set_push_faults(&self, faults: PushFaults) {
         let dice = Dice::new(faults.seed);
-        *self.live.push_faults.lock().unwrap_or_else(|p| p.into_inner()) = (faults, dice);
+        *self
+            .live
+            .push_faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (faults, dice);
     }
 
     pub fn set_api_faults(&self, faults: ApiFaults) {
         let dice = Dice::new(faults.seed);
-        *self.live.api_faults.lock().unwrap_or_else(|p| p.into_inner()) = (faults, dice);
+        *self
+            .live
+            .api_faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (faults, dice);
     }
 
     pub fn api_faults(&self) -> ApiFaults {
-        self.live.api_faults.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.live
+            .api_faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     pub fn push_faults(&self) -> PushFaults {
-        self.live.push_faults.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+        self.live
+            .push_faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .clone()
     }
 
     /// Decide whether this `/v3` request is answered with an injected fault.
     fn injected_fault(&self) -> Option<StatusCode> {
-        let mut guard = self.live.api_faults.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self
+            .live
+            .api_faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let (faults, dice) = &mut *guard;
         let fraction = faults.fraction;
         if !dice.roll(fraction) {
             return None;
         }
-        Some(if dice.roll(0.5) { StatusCode::TOO_MANY_REQUESTS } else { StatusCode::SERVICE_UNAVAILABLE })
+        Some(if dice.roll(0.5) {
+            StatusCode::TOO_MANY_REQUESTS
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        })
     }
 }
 
 pub fn router(app: SharedApp) -> Router {
     Router::new()
         .route("/", axum::routing::get(root))
-        .nest("/v3", agent_api::routes().merge(job_api::routes()).merge(stacks_api::routes()).merge(metrics::routes()))
+        .nest(
+            "/v3",
+            agent_api::routes()
+                .merge(job_api::routes())
+                .merge(stacks_api::routes())
+                .merge(metrics::routes()),
+        )
         .nest("/v2", rest::routes(app.clone()))
         .nest("/_emulator", introspection::routes())
         .fallback(not_found)
-        .route_layer(axum::middleware::from_fn_with_state(app.clone(), front_door))
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            front_door,
+        ))
         .with_state(app)
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 async fn root() -> Json<serde_json::Value> {
@@ -117,7 +178,11 @@ async fn root() -> Json<serde_json::Value> {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!("No route for {} {}", request.method(), request.uri().path()))
+    ApiError::not_found(format!(
+        "No route for {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// API faults first (a faulted request never reaches a handler, so it changes nothing), then
@@ -130,7 +195,13 @@ async fn front_door(State(app): State<SharedApp>, request: Request, next: Next) 
     let faultable = request.uri().path().starts_with("/v3/");
     let response = match faultable.then(|| app.injected_fault()).flatten() {
         Some(status) => {
-            let mut error = ApiError::new(status, format!("Injected fault: the emulator answered {} on purpose", status.as_u16()));
+            let mut error = ApiError::new(
+                status,
+                format!(
+                    "Injected fault: the emulator answered {} on purpose",
+                    status.as_u16()
+                ),
+            );
             error.retry_after = Some(1);
             app.store.with(|s| s.counters.api_faults_injected += 1);
             error.into_response()

@@ -45,9 +45,23 @@ impl WorkloadRequest {
                     (None, Some(n)) => (0..n).map(|i| i * self.interval_ms.unwrap_or(0)).collect(),
                     _ => return Err(ApiError::unprocessable("workload: with `pipeline`, give either `builds` (and optionally `interval_ms`) or `offsets_ms`")),
                 };
-                offsets.into_iter().map(|at_ms| Arrival { at_ms, pipeline: pipeline.clone(), branch: None, commit: None, message: None, env: BTreeMap::new() }).collect()
+                offsets
+                    .into_iter()
+                    .map(|at_ms| Arrival {
+                        at_ms,
+                        pipeline: pipeline.clone(),
+                        branch: None,
+                        commit: None,
+                        message: None,
+                        env: BTreeMap::new(),
+                    })
+                    .collect()
             }
-            _ => return Err(ApiError::unprocessable("workload: give either `trace` (a list of arrivals) or `pipeline`")),
+            _ => {
+                return Err(ApiError::unprocessable(
+                    "workload: give either `trace` (a list of arrivals) or `pipeline`",
+                ))
+            }
         };
         if arrivals.len() > 1_000_000 {
             return Err(ApiError::unprocessable("workload: at most 1000000 builds"));
@@ -70,26 +84,42 @@ fn create(app: &SharedApp, arrival: &Arrival) -> ApiResult<(String, u64)> {
     let req = CreateBuild {
         commit: arrival.commit.clone().unwrap_or_default(),
         branch: arrival.branch.clone().unwrap_or_default(),
-        message: arrival.message.clone().unwrap_or_else(|| "workload".to_string()),
+        message: arrival
+            .message
+            .clone()
+            .unwrap_or_else(|| "workload".to_string()),
         env: arrival.env.clone(),
         meta_data: BTreeMap::new(),
         source: "workload".to_string(),
     };
     app.store.with(|s| {
         let id = s.create_build(&arrival.pipeline, req)?;
-        Ok((arrival.pipeline.clone(), s.builds.get(&id).map_or(0, |b| b.number)))
+        Ok((
+            arrival.pipeline.clone(),
+            s.builds.get(&id).map_or(0, |b| b.number),
+        ))
     })
 }
 
 /// Create the offset-0 builds now and the rest from a background task.
 pub fn start(app: &SharedApp, arrivals: Vec<Arrival>) -> ApiResult<WorkloadStarted> {
-    let missing = app.store.read(|s| arrivals.iter().find(|a| !s.pipelines.contains_key(&a.pipeline)).map(|a| a.pipeline.clone()));
+    let missing = app.store.read(|s| {
+        arrivals
+            .iter()
+            .find(|a| !s.pipelines.contains_key(&a.pipeline))
+            .map(|a| a.pipeline.clone())
+    });
     if let Some(pipeline) = missing {
-        return Err(ApiError::unprocessable(format!("workload: no pipeline with slug {pipeline:?}; create it first")));
+        return Err(ApiError::unprocessable(format!(
+            "workload: no pipeline with slug {pipeline:?}; create it first"
+        )));
     }
     let split = arrivals.partition_point(|a| a.at_ms == 0);
     let (now, later) = arrivals.split_at(split);
-    let created = now.iter().map(|a| create(app, a)).collect::<ApiResult<Vec<_>>>()?;
+    let created = now
+        .iter()
+        .map(|a| create(app, a))
+        .collect::<ApiResult<Vec<_>>>()?;
     let later = later.to_vec();
     let pending = later.len();
     if !later.is_empty() {
@@ -113,14 +143,36 @@ mod tests {
 
     #[test]
     fn builds_every_interval_and_trace_are_sorted() {
-        let req = WorkloadRequest { pipeline: Some("p".into()), builds: Some(3), interval_ms: Some(10), ..Default::default() };
+        let req = WorkloadRequest {
+            pipeline: Some("p".into()),
+            builds: Some(3),
+            interval_ms: Some(10),
+            ..Default::default()
+        };
         let at: Vec<u64> = req.arrivals().unwrap().iter().map(|a| a.at_ms).collect();
         assert_eq!(at, vec![0, 10, 20]);
         let trace = vec![
-            Arrival { at_ms: 5, pipeline: "a".into(), branch: None, commit: None, message: None, env: BTreeMap::new() },
-            Arrival { at_ms: 1, pipeline: "b".into(), branch: None, commit: None, message: None, env: BTreeMap::new() },
+            Arrival {
+                at_ms: 5,
+                pipeline: "a".into(),
+                branch: None,
+                commit: None,
+                message: None,
+                env: BTreeMap::new(),
+            },
+            Arrival {
+                at_ms: 1,
+                pipeline: "b".into(),
+                branch: None,
+                commit: None,
+                message: None,
+                env: BTreeMap::new(),
+            },
         ];
-        let req = WorkloadRequest { trace: Some(trace), ..Default::default() };
+        let req = WorkloadRequest {
+            trace: Some(trace),
+            ..Default::default()
+        };
         assert_eq!(req.arrivals().unwrap()[0].pipeline, "b");
         assert!(WorkloadRequest::default().arrivals().is_err());
     }

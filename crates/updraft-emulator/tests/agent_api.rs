@@ -12,7 +12,12 @@ const ONE_STEP: &str = "steps:\n  - command: echo hello\n    key: hello\n";
 #[tokio::test]
 async fn register_returns_session_token_and_positive_intervals() {
     let h = start().await;
-    let response = h.v3(Method::POST, "/register", &h.agent_token()).json(&json!({"name": "a-%spawn", "meta_data": ["queue=default", "docker=true"]})).send().await.unwrap();
+    let response = h
+        .v3(Method::POST, "/register", &h.agent_token())
+        .json(&json!({"name": "a-%spawn", "meta_data": ["queue=default", "docker=true"]}))
+        .send()
+        .await
+        .unwrap();
     let body = expect_json(response, StatusCode::OK).await;
     assert!(body["access_token"].as_str().unwrap().starts_with("bkaa_"));
     assert!(body["ping_interval"].as_u64().unwrap() > 0);
@@ -26,13 +31,34 @@ async fn register_returns_session_token_and_positive_intervals() {
 #[tokio::test]
 async fn register_rejects_bad_tokens_and_bad_input() {
     let h = start().await;
-    let response = h.v3(Method::POST, "/register", "bkct_wrong").json(&json!({})).send().await.unwrap();
+    let response = h
+        .v3(Method::POST, "/register", "bkct_wrong")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h.http.post(format!("{}/register", h.emulator.agent_endpoint())).json(&json!({})).send().await.unwrap();
+    let response = h
+        .http
+        .post(format!("{}/register", h.emulator.agent_endpoint()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h.v3(Method::POST, "/register", &h.agent_token()).body("{not json").send().await.unwrap();
+    let response = h
+        .v3(Method::POST, "/register", &h.agent_token())
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h.v3(Method::POST, "/register", &h.agent_token()).json(&json!({"meta_data": ["queue"]})).send().await.unwrap();
+    let response = h
+        .v3(Method::POST, "/register", &h.agent_token())
+        .json(&json!({"meta_data": ["queue"]}))
+        .send()
+        .await
+        .unwrap();
     let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(message.contains("meta_data[0]"), "{message}");
 }
@@ -40,8 +66,17 @@ async fn register_rejects_bad_tokens_and_bad_input() {
 #[tokio::test]
 async fn session_token_is_needed_for_agent_calls() {
     let h = start().await;
-    for (method, path) in [(Method::GET, "/ping"), (Method::POST, "/heartbeat"), (Method::POST, "/connect"), (Method::POST, "/disconnect")] {
-        let response = h.v3(method.clone(), path, "bkaa_nope").send().await.unwrap();
+    for (method, path) in [
+        (Method::GET, "/ping"),
+        (Method::POST, "/heartbeat"),
+        (Method::POST, "/connect"),
+        (Method::POST, "/disconnect"),
+    ] {
+        let response = h
+            .v3(method.clone(), path, "bkaa_nope")
+            .send()
+            .await
+            .unwrap();
         expect_error(response, StatusCode::UNAUTHORIZED).await;
         // The agent token is not a session token.
         let response = h.v3(method, path, &h.agent_token()).send().await.unwrap();
@@ -53,7 +88,12 @@ async fn session_token_is_needed_for_agent_calls() {
 async fn heartbeat_echoes_sent_at_and_adds_received_at() {
     let h = start().await;
     let agent = h.register(&[]).await;
-    let response = h.v3(Method::POST, "/heartbeat", &agent.session).json(&json!({"sent_at": "2026-01-01T00:00:00.000000001Z"})).send().await.unwrap();
+    let response = h
+        .v3(Method::POST, "/heartbeat", &agent.session)
+        .json(&json!({"sent_at": "2026-01-01T00:00:00.000000001Z"}))
+        .send()
+        .await
+        .unwrap();
     let body = expect_json(response, StatusCode::OK).await;
     assert_eq!(body["sent_at"], "2026-01-01T00:00:00.000000001Z");
     assert!(body["received_at"].as_str().is_some());
@@ -66,10 +106,28 @@ async fn ping_accept_start_chunks_finish_happy_path() {
     let build = h.create_build("p").await;
     let job_id = script_jobs(&build)[0].clone();
     let agent = h.register(&["queue=default"]).await;
-    let ping = expect_json(h.v3(Method::GET, "/ping", &agent.session).send().await.unwrap(), StatusCode::OK).await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &agent.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(ping["job"]["id"], job_id.as_str());
     assert_eq!(h.job_state(&job_id).await, "assigned");
-    let job = expect_json(h.v3(Method::PUT, &format!("/jobs/{job_id}/accept"), &agent.session).send().await.unwrap(), StatusCode::OK).await;
+    let job = expect_json(
+        h.v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/accept"),
+            &agent.session,
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert!(job["token"].as_str().unwrap().starts_with("bkaj_"));
     assert!(job["chunks_max_size_bytes"].as_u64().unwrap() > 0);
     for var in [
@@ -85,24 +143,63 @@ async fn ping_accept_start_chunks_finish_happy_path() {
         "BUILDKITE_BUILD_URL",
         "BUILDKITE_AGENT_META_DATA_QUEUE",
     ] {
-        assert!(job["env"][var].as_str().is_some(), "env lacks {var}: {}", job["env"]);
+        assert!(
+            job["env"][var].as_str().is_some(),
+            "env lacks {var}: {}",
+            job["env"]
+        );
     }
     assert_eq!(job["env"]["BUILDKITE_COMMAND"], "echo hello");
     assert_eq!(job["step"]["command"], "echo hello");
     assert!(job["step"].get("signature").is_none());
     h.start_job(&job).await;
-    assert_eq!(h.upload_chunk(&job, 2, 6, b"world\n").await.status(), StatusCode::CREATED);
-    assert_eq!(h.upload_chunk(&job, 1, 0, b"hello ").await.status(), StatusCode::CREATED);
-    assert_eq!(h.upload_chunk(&job, 1, 0, b"hello ").await.status(), StatusCode::CREATED);
-    let state = expect_json(h.v3(Method::GET, &format!("/jobs/{job_id}"), job["token"].as_str().unwrap()).send().await.unwrap(), StatusCode::OK).await;
+    assert_eq!(
+        h.upload_chunk(&job, 2, 6, b"world\n").await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.upload_chunk(&job, 1, 0, b"hello ").await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.upload_chunk(&job, 1, 0, b"hello ").await.status(),
+        StatusCode::CREATED
+    );
+    let state = expect_json(
+        h.v3(
+            Method::GET,
+            &format!("/jobs/{job_id}"),
+            job["token"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(state["state"], "running");
     assert_eq!(h.finish(&job, "0").await.status(), StatusCode::OK);
     assert_eq!(h.job_state(&job_id).await, "passed");
     let log = h.emulator.job_log(job_id.parse().unwrap()).unwrap();
     assert_eq!(log, b"hello world\n");
     let timeline = h.timeline(&job_id).await;
-    let states: Vec<&str> = timeline["history"].as_array().unwrap().iter().map(|t| t["state"].as_str().unwrap()).collect();
-    assert_eq!(states, vec!["pending", "scheduled", "assigned", "accepted", "running", "passed"]);
+    let states: Vec<&str> = timeline["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            "pending",
+            "scheduled",
+            "assigned",
+            "accepted",
+            "running",
+            "passed"
+        ]
+    );
     assert_eq!(timeline["attempts"][0]["action"], "accept");
     let build = h.get_build("p", 1).await;
     assert_eq!(build["state"], "passed");
@@ -111,16 +208,46 @@ async fn ping_accept_start_chunks_finish_happy_path() {
 #[tokio::test]
 async fn ping_only_hands_out_matching_jobs() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: x\n    agents: {queue: linux, docker: 'true'}\n").await;
+    h.create_pipeline(
+        "p",
+        "steps:\n  - command: x\n    agents: {queue: linux, docker: 'true'}\n",
+    )
+    .await;
     h.create_build("p").await;
     let wrong = h.register(&["queue=linux"]).await;
-    let ping = expect_json(h.v3(Method::GET, "/ping", &wrong.session).send().await.unwrap(), StatusCode::OK).await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &wrong.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert!(ping.get("job").is_none(), "{ping}");
-    let acquire_mode = h.register_with(&h.agent_token(), &["queue=linux", "docker=true"], true).await;
-    let ping = expect_json(h.v3(Method::GET, "/ping", &acquire_mode.session).send().await.unwrap(), StatusCode::OK).await;
-    assert!(ping.get("job").is_none(), "agents in acquire mode are never dispatched: {ping}");
+    let acquire_mode = h
+        .register_with(&h.agent_token(), &["queue=linux", "docker=true"], true)
+        .await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &acquire_mode.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert!(
+        ping.get("job").is_none(),
+        "agents in acquire mode are never dispatched: {ping}"
+    );
     let right = h.register(&["queue=linux", "docker=true"]).await;
-    let ping = expect_json(h.v3(Method::GET, "/ping", &right.session).send().await.unwrap(), StatusCode::OK).await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &right.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert!(ping["job"]["id"].as_str().is_some(), "{ping}");
 }
 
@@ -131,9 +258,25 @@ async fn accept_in_wrong_state_is_422_and_unknown_job_404() {
     let build = h.create_build("p").await;
     let job_id = script_jobs(&build)[0].clone();
     let agent = h.register(&[]).await;
-    let response = h.v3(Method::PUT, &format!("/jobs/{job_id}/accept"), &agent.session).send().await.unwrap();
+    let response = h
+        .v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/accept"),
+            &agent.session,
+        )
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h.v3(Method::PUT, "/jobs/00000000-0000-0000-0000-000000000000/accept", &agent.session).send().await.unwrap();
+    let response = h
+        .v3(
+            Method::PUT,
+            "/jobs/00000000-0000-0000-0000-000000000000/accept",
+            &agent.session,
+        )
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::NOT_FOUND).await;
     let timeline = h.timeline(&job_id).await;
     assert_eq!(timeline["attempts"][0]["status"], 422);
@@ -146,23 +289,44 @@ async fn acquire_needs_lock_header_and_answers_422_once_taken() {
     h.create_pipeline("p", ONE_STEP).await;
     let job_id = script_jobs(&h.create_build("p").await)[0].clone();
     let agent = h.register_with(&h.agent_token(), &[], true).await;
-    let response = h.v3(Method::PUT, &format!("/jobs/{job_id}/acquire"), &agent.session).send().await.unwrap();
+    let response = h
+        .v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/acquire"),
+            &agent.session,
+        )
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
     assert_eq!(job["id"], job_id.as_str());
     assert_eq!(h.job_state(&job_id).await, "accepted");
     let other = h.register_with(&h.agent_token(), &[], true).await;
-    expect_error(h.acquire(&other, &job_id).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    expect_error(
+        h.acquire(&other, &job_id).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
     let timeline = h.timeline(&job_id).await;
     assert_eq!(timeline["acquires"], 3);
-    let outcomes: Vec<u64> = timeline["attempts"].as_array().unwrap().iter().map(|a| a["status"].as_u64().unwrap()).collect();
+    let outcomes: Vec<u64> = timeline["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_u64().unwrap())
+        .collect();
     assert_eq!(outcomes, vec![422, 200, 422]);
 }
 
 #[tokio::test]
 async fn acquire_of_a_waiting_job_is_423_with_retry_after() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: first\n  - wait\n  - command: second\n").await;
+    h.create_pipeline(
+        "p",
+        "steps:\n  - command: first\n  - wait\n  - command: second\n",
+    )
+    .await;
     let build = h.create_build("p").await;
     let second = script_jobs(&build)[1].clone();
     assert_eq!(h.job_state(&second).await, "waiting");
@@ -177,15 +341,25 @@ async fn acquire_of_a_waiting_job_is_423_with_retry_after() {
 #[tokio::test]
 async fn job_token_is_scoped_to_its_job() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: a\n  - command: b\n").await;
+    h.create_pipeline("p", "steps:\n  - command: a\n  - command: b\n")
+        .await;
     let build = h.create_build("p").await;
     let ids = script_jobs(&build);
     let agent = h.register(&[]).await;
     let job_a = expect_json(h.acquire(&agent, &ids[0]).await, StatusCode::OK).await;
     let token_a = job_a["token"].as_str().unwrap();
-    let response = h.v3(Method::PUT, &format!("/jobs/{}/start", ids[1]), token_a).json(&json!({})).send().await.unwrap();
+    let response = h
+        .v3(Method::PUT, &format!("/jobs/{}/start", ids[1]), token_a)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h.v3(Method::GET, &format!("/jobs/{}", ids[0]), "bkaj_forged").send().await.unwrap();
+    let response = h
+        .v3(Method::GET, &format!("/jobs/{}", ids[0]), "bkaj_forged")
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNAUTHORIZED).await;
     assert_eq!(h.job_state(&ids[1]).await, "scheduled");
 }
@@ -198,7 +372,16 @@ async fn start_and_finish_in_wrong_state_are_422() {
     let job = h.run_job(&job_id, "1").await;
     let response = h.finish(&job, "0").await;
     expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h.v3(Method::PUT, &format!("/jobs/{job_id}/start"), job["token"].as_str().unwrap()).json(&json!({})).send().await.unwrap();
+    let response = h
+        .v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/start"),
+            job["token"].as_str().unwrap(),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert_eq!(h.job_state(&job_id).await, "failed");
 }
@@ -212,11 +395,21 @@ async fn finish_takes_exit_status_as_string_and_rejects_garbage() {
     let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
     h.start_job(&job).await;
     let token = job["token"].as_str().unwrap();
-    let response = h.v3(Method::PUT, &format!("/jobs/{job_id}/finish"), token).json(&json!({"exit_status": "zero"})).send().await.unwrap();
+    let response = h
+        .v3(Method::PUT, &format!("/jobs/{job_id}/finish"), token)
+        .json(&json!({"exit_status": "zero"}))
+        .send()
+        .await
+        .unwrap();
     let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(message.contains("exit_status"), "{message}");
     assert_eq!(h.job_state(&job_id).await, "running");
-    let response = h.v3(Method::PUT, &format!("/jobs/{job_id}/finish"), token).json(&json!({"exit_status": "-1", "signal_reason": "process_run_error"})).send().await.unwrap();
+    let response = h
+        .v3(Method::PUT, &format!("/jobs/{job_id}/finish"), token)
+        .json(&json!({"exit_status": "-1", "signal_reason": "process_run_error"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let timeline = h.timeline(&job_id).await;
     assert_eq!(timeline["state"], "failed");
@@ -233,19 +426,54 @@ async fn chunks_bad_input_never_corrupts_the_log() {
     let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
     h.start_job(&job).await;
     let token = job["token"].as_str().unwrap();
-    assert_eq!(h.upload_chunk(&job, 1, 0, b"good\n").await.status(), StatusCode::CREATED);
-    let response = h.v3(Method::POST, &format!("/jobs/{job_id}/chunks?sequence=2&offset=5&size=4"), token).header("content-encoding", "gzip").body("not gzip").send().await.unwrap();
+    assert_eq!(
+        h.upload_chunk(&job, 1, 0, b"good\n").await.status(),
+        StatusCode::CREATED
+    );
+    let response = h
+        .v3(
+            Method::POST,
+            &format!("/jobs/{job_id}/chunks?sequence=2&offset=5&size=4"),
+            token,
+        )
+        .header("content-encoding", "gzip")
+        .body("not gzip")
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h.v3(Method::POST, &format!("/jobs/{job_id}/chunks?sequence=2&offset=5"), token).body("abc").send().await.unwrap();
+    let response = h
+        .v3(
+            Method::POST,
+            &format!("/jobs/{job_id}/chunks?sequence=2&offset=5"),
+            token,
+        )
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h.v3(Method::POST, &format!("/jobs/{job_id}/chunks?sequence=2&offset=5&size=9"), token).header("content-encoding", "gzip").body(gzip(b"abc")).send().await.unwrap();
+    let response = h
+        .v3(
+            Method::POST,
+            &format!("/jobs/{job_id}/chunks?sequence=2&offset=5&size=9"),
+            token,
+        )
+        .header("content-encoding", "gzip")
+        .body(gzip(b"abc"))
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::BAD_REQUEST).await;
     let big = vec![b'x'; 2 * 1024 * 1024];
     let response = h.upload_chunk(&job, 2, 5, &big).await;
     expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
     let response = h.upload_chunk(&job, 1, 0, b"evil\n").await;
     expect_error(response, StatusCode::CONFLICT).await;
-    assert_eq!(h.emulator.job_log(job_id.parse().unwrap()).unwrap(), b"good\n");
+    assert_eq!(
+        h.emulator.job_log(job_id.parse().unwrap()).unwrap(),
+        b"good\n"
+    );
 }
 
 #[tokio::test]
@@ -256,12 +484,39 @@ async fn cancel_is_seen_through_job_state_and_finish_makes_canceled() {
     let agent = h.register(&[]).await;
     let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
     h.start_job(&job).await;
-    let response = h.v2(Method::PUT, "/organizations/acme/pipelines/p/builds/1/cancel").send().await.unwrap();
+    let response = h
+        .v2(
+            Method::PUT,
+            "/organizations/acme/pipelines/p/builds/1/cancel",
+        )
+        .send()
+        .await
+        .unwrap();
     let build = expect_json(response, StatusCode::OK).await;
     assert_eq!(build["state"], "canceling");
-    let state = expect_json(h.v3(Method::GET, &format!("/jobs/{job_id}"), job["token"].as_str().unwrap()).send().await.unwrap(), StatusCode::OK).await;
+    let state = expect_json(
+        h.v3(
+            Method::GET,
+            &format!("/jobs/{job_id}"),
+            job["token"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(state["state"], "canceling");
-    let response = h.v3(Method::PUT, &format!("/jobs/{job_id}/finish"), job["token"].as_str().unwrap()).json(&json!({"exit_status": "-1", "signal_reason": "cancel"})).send().await.unwrap();
+    let response = h
+        .v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/finish"),
+            job["token"].as_str().unwrap(),
+        )
+        .json(&json!({"exit_status": "-1", "signal_reason": "cancel"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(h.job_state(&job_id).await, "canceled");
     assert_eq!(h.get_build("p", 1).await["state"], "canceled");
@@ -273,22 +528,73 @@ async fn disconnect_returns_an_unaccepted_job_and_stop_sends_disconnect() {
     h.create_pipeline("p", ONE_STEP).await;
     let job_id = script_jobs(&h.create_build("p").await)[0].clone();
     let agent = h.register(&[]).await;
-    let ping = expect_json(h.v3(Method::GET, "/ping", &agent.session).send().await.unwrap(), StatusCode::OK).await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &agent.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(ping["job"]["id"], job_id.as_str());
-    assert_eq!(h.v3(Method::POST, "/disconnect", &agent.session).send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        h.v3(Method::POST, "/disconnect", &agent.session)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
     assert_eq!(h.job_state(&job_id).await, "scheduled");
     let other = h.register(&["queue=other"]).await;
-    let response = h.v2(Method::PUT, &format!("/organizations/acme/agents/{}/stop", other.id)).json(&json!({"force": true})).send().await.unwrap();
+    let response = h
+        .v2(
+            Method::PUT,
+            &format!("/organizations/acme/agents/{}/stop", other.id),
+        )
+        .json(&json!({"force": true}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let ping = expect_json(h.v3(Method::GET, "/ping", &other.session).send().await.unwrap(), StatusCode::OK).await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &other.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert_eq!(ping["action"], "disconnect");
 }
 
 #[tokio::test]
 async fn root_and_streaming_pings_answer_like_buildkite() {
     let h = start().await;
-    let root = expect_json(h.http.get(format!("{}/", h.emulator.url())).send().await.unwrap(), StatusCode::OK).await;
+    let root = expect_json(
+        h.http
+            .get(format!("{}/", h.emulator.url()))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
     assert!(root["message"].as_str().is_some());
-    let response = h.http.post(format!("{}/agentedge.v1.AgentEdgeService/StreamPings", h.emulator.url())).send().await.unwrap();
+    let response = h
+        .http
+        .post(format!(
+            "{}/agentedge.v1.AgentEdgeService/StreamPings",
+            h.emulator.url()
+        ))
+        .send()
+        .await
+        .unwrap();
     expect_error(response, StatusCode::NOT_FOUND).await;
+    let response = h
+        .v3(Method::DELETE, "/ping", "bkaa_x")
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await;
 }

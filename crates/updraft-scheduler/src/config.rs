@@ -15,6 +15,7 @@ pub const DEFAULT_ENDPOINT: &str = "https://agent.buildkite.com/v3";
 pub const DEFAULT_AGENT_TOKEN_ENV: &str = "BUILDKITE_AGENT_TOKEN";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_LEDGER_PATH: &str = "updraft-ledger.sqlite";
+pub const DEFAULT_LOCAL_STATE_DIR: &str = "updraft-local";
 /// The reference's floor for polling scheduled-jobs.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -56,6 +57,7 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub limits: LimitsConfig,
     pub reconcile: ReconcileConfig,
+    pub local: LocalConfig,
     pub fleets: Vec<FleetConfig>,
 }
 
@@ -101,6 +103,15 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone)]
 pub struct ReconcileConfig {
     pub interval: Duration,
+}
+
+/// Settings of the local process backend (used when a fleet says `backend = "local"`).
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// Where launch directories live.
+    pub state_dir: PathBuf,
+    /// Time between SIGTERM and SIGKILL when a launch is stopped.
+    pub stop_grace: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,15 +178,27 @@ impl Config {
     }
 
     /// Parse TOML text, then apply `UPDRAFT_<SECTION>_<KEY>` overrides from `env` (only the
-    /// single-table sections: buildkite, push, http, ledger, limits, reconcile).
+    /// single-table sections: buildkite, push, http, ledger, limits, reconcile, local).
+    /// `*_env` settings (e.g. `agent_token_env`) are looked up in `env` too.
     pub fn parse_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigErrors> {
+        Config::parse_checked(text, env, &[])
+    }
+
+    /// As `parse_with_env`, and every fleet's `backend` must be one of `backends` (the
+    /// binary's list; empty skips the check).
+    pub fn parse_checked(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        backends: &[&str],
+    ) -> Result<Config, ConfigErrors> {
         let mut root: Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigErrors(vec![ConfigError { path: "(file)".into(), message: format!("not valid TOML: {}", e.message()) }])
         })?;
+        let env: BTreeMap<String, String> = env.into_iter().collect();
         let mut errors = Vec::new();
-        apply_env(&mut root, env, &mut errors);
-        let env_lookup = |name: &str| std::env::var(name).ok();
-        let config = read_root(root, &env_lookup, &mut errors);
+        apply_env(&mut root, &env, &mut errors);
+        let env_lookup = |name: &str| env.get(name).cloned();
+        let config = read_root(root, &env_lookup, backends, &mut errors);
         match config {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(ConfigErrors(errors)),
@@ -188,9 +211,9 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 6] = ["buildkite", "push", "http", "ledger", "limits", "reconcile"];
+const SECTIONS: [&str; 7] = ["buildkite", "push", "http", "ledger", "limits", "reconcile", "local"];
 
-fn apply_env(root: &mut Table, env: impl IntoIterator<Item = (String, String)>, errors: &mut Vec<ConfigError>) {
+fn apply_env(root: &mut Table, env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) {
     for (name, raw) in env {
         let Some(rest) = name.strip_prefix("UPDRAFT_") else { continue };
         let lower = rest.to_ascii_lowercase();
@@ -403,7 +426,7 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 
 type EnvLookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
-fn read_root(root: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Option<Config> {
+fn read_root(root: Table, env: &EnvLookup, backends: &[&str], errors: &mut Vec<ConfigError>) -> Option<Config> {
     let mut top = Fields::new("", root, errors);
     let buildkite = top.table("buildkite");
     let push = top.table("push");
@@ -411,6 +434,7 @@ fn read_root(root: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Opt
     let ledger = top.table("ledger");
     let limits = top.table("limits");
     let reconcile = top.table("reconcile");
+    let local = top.table("local");
     let fleets = top.table.remove("fleet");
     let fleet_tables: Vec<Table> = match fleets {
         None => {
@@ -441,9 +465,10 @@ fn read_root(root: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Opt
     let ledger = read_ledger(ledger, errors);
     let limits = read_limits(limits, errors);
     let reconcile = read_reconcile(reconcile, errors);
+    let local = read_local(local, errors);
     let mut fleets = Vec::new();
     for (i, table) in fleet_tables.into_iter().enumerate() {
-        if let Some(fleet) = read_fleet(i, table, errors) {
+        if let Some(fleet) = read_fleet(i, table, backends, errors) {
             fleets.push(fleet);
         }
     }
@@ -456,7 +481,16 @@ fn read_root(root: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Opt
             });
         }
     }
-    Some(Config { buildkite: buildkite?, push: push?, http: http?, ledger: ledger?, limits: limits?, reconcile: reconcile?, fleets })
+    Some(Config {
+        buildkite: buildkite?,
+        push: push?,
+        http: http?,
+        ledger: ledger?,
+        limits: limits?,
+        reconcile: reconcile?,
+        local: local?,
+        fleets,
+    })
 }
 
 /// A secret given inline (`<key>`) or by environment variable name (`<key>_env`).
@@ -574,7 +608,15 @@ fn read_reconcile(table: Table, errors: &mut Vec<ConfigError>) -> Option<Reconci
     Some(ReconcileConfig { interval })
 }
 
-fn read_fleet(index: usize, table: Table, errors: &mut Vec<ConfigError>) -> Option<FleetConfig> {
+fn read_local(table: Table, errors: &mut Vec<ConfigError>) -> Option<LocalConfig> {
+    let mut f = Fields::new("local", table, errors);
+    let state_dir = f.non_empty_string("state_dir").unwrap_or_else(|| DEFAULT_LOCAL_STATE_DIR.to_string());
+    let stop_grace = f.duration("stop_grace").unwrap_or(Duration::from_secs(10));
+    f.finish();
+    Some(LocalConfig { state_dir: PathBuf::from(state_dir), stop_grace })
+}
+
+fn read_fleet(index: usize, table: Table, backends: &[&str], errors: &mut Vec<ConfigError>) -> Option<FleetConfig> {
     let mut f = Fields::new(&format!("fleet[{index}]"), table, errors);
     let name = f.non_empty_string("name");
     if let Some(name) = &name {
@@ -608,6 +650,9 @@ fn read_fleet(index: usize, table: Table, errors: &mut Vec<ConfigError>) -> Opti
         tags.0.insert(0, ("queue".to_string(), queue.clone()));
     }
     let backend = f.non_empty_string("backend").unwrap_or_else(|| "local".to_string());
+    if !backends.is_empty() && !backends.contains(&backend.as_str()) {
+        f.error("backend", format!("unknown backend {backend:?}; available: {}", backends.join(", ")));
+    }
     let template_table = f.table("template");
     let template = read_template(&f.at("template"), template_table, f.errors);
     let mode = match f.string("mode").as_deref() {
@@ -760,6 +805,17 @@ mod tests {
         let text = format!("{MINIMAL}\ntags = [\"docker=true\"]\n");
         let config = Config::parse(&text).unwrap();
         assert_eq!(config.fleets[0].tags.to_strings(), vec!["queue=linux", "docker=true"]);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let env = vec![("BUILDKITE_AGENT_TOKEN".to_string(), "bkct_x".to_string()), ("UPDRAFT_WEBHOOK_TOKEN".to_string(), "w".to_string())];
+        let text = include_str!("../updraft.example.toml");
+        let config = Config::parse_checked(text, env, &["local"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.fleets.len(), 2);
+        assert_eq!(config.fleets[0].launches_per_minute, Some(600));
+        assert_eq!(config.fleets[0].template.env["BUILDKITE_BUILD_PATH"], "/tmp/builds");
+        assert_eq!(config.queues(), vec!["linux"]);
     }
 
     #[test]

@@ -322,8 +322,12 @@ async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launche
     };
     core.telemetry.launches.get_or_create(&labels(&[("fleet", &fleet), ("outcome", outcome)])).inc();
     match result {
-        Ok(_) => {
-            Stats::add(&core.stats.launched, 1);
+        Ok(outcome) => {
+            // An existing launch of this name (found after a restart) is recorded, not
+            // counted: it was launched once already.
+            if outcome == LaunchOutcome::Started {
+                Stats::add(&core.stats.launched, 1);
+            }
             let _ = launched.send(LaunchRow {
                 name: spec.name.to_string(),
                 job_id: job,
@@ -335,7 +339,6 @@ async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launche
             });
             let pickup = {
                 let mut state = core.state();
-                state.launching.remove(&job);
                 state.jobs.get_mut(&job).filter(|t| !t.picked_up).map(|t| {
                     t.picked_up = true;
                     Pickup {
@@ -369,14 +372,21 @@ async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launche
 }
 
 /// Confirmed launches reach the ledger in batches; the intent written before each launch
-/// keeps a crash in between recoverable (the reconciler adopts the running launch).
+/// keeps a crash in between recoverable (the reconciler adopts the running launch). A job
+/// stays marked as launching until its launch is committed here, so no second launch
+/// attempt can slip in between the backend's answer and the ledger's record.
 async fn ledger_writer(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<LaunchRow>) {
     while let Some(batch) = drain(&core, &mut inbox, 4 * MAX_BATCH).await {
         let ledger = core.ledger.clone();
+        let jobs: Vec<Uuid> = batch.iter().map(|row| row.job_id).collect();
         match tokio::task::spawn_blocking(move || ledger.record_launched(&batch)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return core.fail(format!("cannot write the ledger: {e}")),
             Err(e) => return core.fail(format!("ledger writer panicked: {e}")),
+        }
+        let mut state = core.state();
+        for job in jobs {
+            state.launching.remove(&job);
         }
     }
 }

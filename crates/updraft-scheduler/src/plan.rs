@@ -1,5 +1,6 @@
 //! `updraft plan`: list the jobs scheduled now on every queue the config serves and say which
-//! fleet would take each, or why none would. Read-only: nothing is reserved or launched.
+//! fleet would take each, or why none would. Nothing is reserved or launched; the only write
+//! is registering the stacks (idempotent), which Buildkite requires before listing.
 
 use crate::config::Config;
 use crate::pull::list_queue;
@@ -29,6 +30,8 @@ pub struct Plan {
 
 pub async fn plan(config: &Config) -> anyhow::Result<Plan> {
     let stacks = StackSet::new(config)?;
+    // Buildkite lists a queue's jobs only to a registered stack; registering is idempotent.
+    stacks.register_all().await.map_err(|(key, e)| anyhow::anyhow!("registering stack {key:?}: {e}"))?;
     let mut out = Plan::default();
     for (queue, stack) in stacks.iter() {
         let queue = queue.clone();

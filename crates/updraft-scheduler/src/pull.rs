@@ -48,37 +48,46 @@ pub(crate) async fn list_queue(
     Ok((jobs, false, paused))
 }
 
+/// Poll every `poll_interval`, starting one interval from now (start-up runs `poll_all`
+/// itself before returning).
 pub(crate) async fn poller(core: Arc<Core>) {
-    let queues = core.config.queues();
     let interval = core.config.buildkite.poll_interval;
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = core.stopped() => return,
         }
-        for queue in &queues {
-            let started = now_ms();
-            match list_queue(core.stacks.for_queue(queue), queue, core.config.buildkite.page_limit).await {
-                Ok((jobs, complete, paused)) => {
-                    if paused {
-                        tracing::debug!(queue, "dispatch is paused for this queue; not taking its jobs");
-                        continue;
-                    }
-                    let listed: HashSet<_> = jobs.iter().map(|j| j.id).collect();
-                    core.intake(jobs.iter().map(|j| candidate(j, Source::Pull)).collect());
-                    if complete {
-                        core.forget_unlisted(queue, &listed, started);
-                    }
+        if !poll_all(&core).await {
+            return;
+        }
+    }
+}
+
+/// One poll of every served queue; `false` when the scheduler must stop.
+pub(crate) async fn poll_all(core: &Arc<Core>) -> bool {
+    for queue in core.config.queues() {
+        let started = now_ms();
+        match list_queue(core.stacks.for_queue(&queue), &queue, core.config.buildkite.page_limit).await {
+            Ok((jobs, complete, paused)) => {
+                if paused {
+                    tracing::debug!(queue, "dispatch is paused for this queue; not taking its jobs");
+                    continue;
                 }
-                Err(error) => {
-                    if check_fatal(&core, "polling scheduled jobs", &error) {
-                        return;
-                    }
-                    tracing::warn!(%error, queue, "polling scheduled jobs failed; trying again next interval");
+                let listed: HashSet<_> = jobs.iter().map(|j| j.id).collect();
+                core.intake(jobs.iter().map(|j| candidate(j, Source::Pull)).collect());
+                if complete {
+                    core.forget_unlisted(&queue, &listed, started);
                 }
+            }
+            Err(error) => {
+                if check_fatal(core, "polling scheduled jobs", &error) {
+                    return false;
+                }
+                tracing::warn!(%error, queue, "polling scheduled jobs failed; trying again next interval");
             }
         }
     }
+    true
 }

@@ -1,7 +1,7 @@
 //! Starting and stopping the scheduler: check the config against the backends given,
-//! register the stack, open the ledger, bind the HTTP listeners, run one reconcile pass so a
-//! restart picks up exactly where the last process stopped, then start the sources and the
-//! pipeline. `SchedulerHandle` is what callers hold: addresses, progress, and shutdown.
+//! register the stacks, open the ledger, bind the HTTP listeners, run one reconcile pass so
+//! a restart picks up exactly where the last process stopped and one poll so every job
+//! scheduled now is taken in, then start the sources and the pipeline. `SchedulerHandle` is what callers hold: addresses, progress, and shutdown.
 
 use crate::config::Config;
 use crate::core::Core;
@@ -89,6 +89,7 @@ impl Scheduler {
         if let Err(error) = reconciler::pass(&core).await {
             tracing::warn!("start-up reconcile pass did not complete: {error}");
         }
+        pull::poll_all(&core).await;
         if let Some(message) = core.fatal.borrow().clone() {
             tasks.shutdown().await;
             anyhow::bail!(message);

@@ -100,6 +100,23 @@ async fn many_jobs_across_fleets_and_queues_are_each_acquired_once() {
     scheduler.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_many_pages_is_launched_once_each() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::ZERO));
+    let yaml = "steps:\n  - command: \"true\"\n    agents: {queue: linux}\n    parallelism: 400\n  - command: \"true\"\n    agents: {queue: mac}\n    parallelism: 200\n";
+    emulator.create_pipeline("burst", yaml).unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("burst").unwrap().job_ids);
+    assert_eq!(jobs.len(), 600);
+    let fleets = "[[fleet]]\nname = \"linux\"\nqueue = \"linux\"\nmax_in_flight = 400\n\n[[fleet]]\nname = \"mac\"\nqueue = \"mac\"\nmax_in_flight = 100\n";
+    let text = config_text(&emulator, dir.path(), fleets, "").replace("poll_interval_ms = 1000", "poll_interval_ms = 1000\npage_limit = 100");
+    let scheduler = Scheduler::start(Config::parse(&text).unwrap(), backends(&backend)).await.unwrap();
+    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    scheduler.shutdown().await.unwrap();
+}
+
 fn push_to(emulator: &EmulatorHandle, scheduler: &SchedulerHandle, token: &str) {
     emulator.set_push_targets(PushTargets {
         webhook: Some(WebhookTarget {
@@ -128,11 +145,27 @@ async fn push_and_pull_together_never_launch_a_job_twice() {
     let jobs = command_jobs(&emulator, &jobs);
     wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_alone_launches_every_job() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(100)));
+    // The only poll runs at start-up, before any job exists; everything after comes by push.
+    let text = config_text(&emulator, dir.path(), THREE_FLEETS, PUSH);
+    let env = vec![("UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(), "3600000".to_string())];
+    let config = Config::parse_with_env(&text, env).unwrap();
+    let scheduler = Scheduler::start(config, backends(&backend)).await.unwrap();
+    push_to(&emulator, &scheduler, "hook-secret");
+    emulator.create_pipeline("push", &pipeline_yaml(9)).unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("push").unwrap().job_ids);
+    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     let stats = scheduler.stats();
-    assert!(
-        stats.pickups.iter().any(|p| p.source == updraft_scheduler::Source::Push),
-        "no job was picked up from a push event"
-    );
+    assert_eq!(stats.pickups.len(), jobs.len());
+    assert!(stats.pickups.iter().all(|p| p.source == updraft_scheduler::Source::Push));
     scheduler.shutdown().await.unwrap();
 }
 

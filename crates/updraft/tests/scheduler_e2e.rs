@@ -8,7 +8,7 @@
 //! The scenarios run one at a time (they share two cores with many agent processes).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use updraft_backends::local::{LocalBackend, LocalOptions, LAUNCH_MARKER_VAR};
@@ -17,14 +17,14 @@ use updraft_buildkite::rest::RestClient;
 use updraft_buildkite::ClientOptions;
 use updraft_emulator::{BuildRef, EmulatorConfig, EmulatorHandle, JobState, PushFaults, PushTargets, WebhookAuth, WebhookTarget};
 use updraft_model::Secret;
-use updraft_scheduler::{Config, Scheduler, SchedulerHandle, Source};
+use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
 
 const UPDRAFT: &str = env!("CARGO_BIN_EXE_updraft");
 /// (fleet, queue, extra tag) — three fleets over two queues.
 const FLEETS: [(&str, &str, Option<&str>); 3] =
     [("linux-small", "linux", Some("size=small")), ("linux-large", "linux", Some("size=large")), ("mac", "mac", None)];
 /// Upper bound for a whole run to settle; scenarios end as soon as it does.
-const PATIENCE: Duration = Duration::from_secs(300);
+const PATIENCE: Duration = Duration::from_secs(60);
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -61,19 +61,20 @@ impl World {
         let mut text = format!(
             "[buildkite]\nendpoint = {}\nagent_token = {}\nstack_key = \"e2e\"\n\n\
              [push]\nwebhook_token = {}\n\n[http]\nlisten = {}\n\n[ledger]\npath = {}\n\n\
-             [reconcile]\ninterval_ms = 500\n",
+             [reconcile]\ninterval_ms = 500\n\n[local]\nstate_dir = {}\nstop_grace = \"2s\"\n",
             quote(&self.emulator.agent_endpoint()),
             quote(self.emulator.agent_token().expose()),
             quote(self.webhook_token.expose()),
             quote(http_listen),
             quote(&self.state.path().join("ledger.sqlite").to_string_lossy()),
+            quote(&self.local_dir().to_string_lossy()),
         );
         for (name, queue, tag) in FLEETS {
             let tags = tag.map(|t| format!("tags = [{}]\n", quote(t))).unwrap_or_default();
             text.push_str(&format!(
                 "\n[[fleet]]\nname = \"{name}\"\nqueue = \"{queue}\"\n{tags}max_in_flight = 8\n\n\
                  [fleet.template]\ncommand = [{}, \"agent\", \"start\", \"--acquire-job\", \"{{job_id}}\"]\n\
-                 env = {{ BUILDKITE_BUILD_PATH = {} }}\n",
+                 env = {{ BUILDKITE_BUILD_PATH = {}, BUILDKITE_SKIP_CHECKOUT = \"true\" }}\n",
                 quote(UPDRAFT),
                 quote(&self.state.path().join("builds").to_string_lossy()),
             ));
@@ -82,7 +83,9 @@ impl World {
     }
 
     async fn local_backend(&self) -> LocalBackend {
-        LocalBackend::open(LocalOptions::new(self.local_dir())).await.expect("local backend")
+        let mut options = LocalOptions::new(self.local_dir());
+        options.stop_grace = Duration::from_secs(2);
+        LocalBackend::open(options).await.expect("local backend")
     }
 
     async fn start_scheduler(&self, local: &LocalBackend) -> SchedulerHandle {
@@ -101,8 +104,9 @@ impl World {
         });
     }
 
-    /// A build with `per_fleet` jobs for each fleet; each job prints the fleet that ran it.
-    fn build(&self, per_fleet: u32, command: &str) -> BuildRef {
+    /// A new pipeline (its slug is returned) and one build of it with `per_fleet` jobs for
+    /// each fleet, all running `command`.
+    fn build(&self, per_fleet: u32, command: &str) -> (String, BuildRef) {
         let slug = {
             let mut count = self.pipelines.lock().unwrap_or_else(|p| p.into_inner());
             *count += 1;
@@ -119,7 +123,7 @@ impl World {
         self.emulator.create_pipeline(&slug, &yaml).expect("pipeline");
         let build = self.emulator.create_build(&slug).expect("build");
         assert_eq!(build.job_ids.len(), 3 * per_fleet as usize);
-        build
+        (slug, build)
     }
 
     async fn wait_until_final(&self, build: &BuildRef) {
@@ -131,23 +135,60 @@ impl World {
             }
             if Instant::now() > give_up {
                 let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-                for state in states {
+                for state in &states {
                     *counts.entry(format!("{state:?}")).or_default() += 1;
                 }
-                panic!("jobs did not all finish within {PATIENCE:?}: {counts:?}");
+                let stuck: Vec<String> = build
+                    .job_ids
+                    .iter()
+                    .filter(|j| !self.emulator.job_state(**j).is_some_and(JobState::is_terminal))
+                    .map(|j| self.diagnose(LaunchName::for_job(*j)))
+                    .collect();
+                panic!("jobs did not all finish within {PATIENCE:?}: {counts:?}\n{}", stuck.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// What is known of a job that did not finish: its timeline, its launch directory and
+    /// what the scheduler (when run as a process) logged about it.
+    fn diagnose(&self, name: LaunchName) -> String {
+        let job = name.job_id();
+        let launch = self.local_dir().join("launches").join(name.as_str());
+        let files: Vec<String> = std::fs::read_dir(&launch)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_file())
+                    .map(|e| format!("--- {}\n{}", e.file_name().to_string_lossy(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_else(|error| vec![format!("no launch directory: {error}")]);
+        let log = std::fs::read_to_string(self.state.path().join("scheduler.log")).unwrap_or_default();
+        let kept = std::env::temp_dir().join(format!("updraft-e2e-scheduler-{}.log", std::process::id()));
+        if !log.is_empty() && std::fs::write(&kept, &log).is_ok() {
+            eprintln!("the scheduler's whole log is kept in {}", kept.display());
+        }
+        let mentions: Vec<&str> = log.lines().filter(|l| l.contains(&job.to_string())).collect();
+        format!(
+            "job {job}: {:#}\nlaunch dir {}:\n{}\nscheduler log lines:\n{}",
+            self.emulator.job_timeline(job).unwrap_or_default(),
+            launch.display(),
+            files.join("\n"),
+            mentions.join("\n")
+        )
     }
 
     /// Every job passed, was acquired exactly once, and ran on the fleet its rules name.
     fn assert_each_ran_once_on_its_fleet(&self, build: &BuildRef, per_fleet: u32) {
         for (index, job) in build.job_ids.iter().enumerate() {
             let timeline = self.emulator.job_timeline(*job).expect("job timeline");
-            assert_eq!(self.emulator.job_state(*job), Some(JobState::Passed), "job {job}: {timeline:#}");
+            let log = String::from_utf8_lossy(&self.emulator.job_log(*job).unwrap_or_default()).to_string();
+            if self.emulator.job_state(*job) != Some(JobState::Passed) {
+                panic!("job {job} did not pass; log: {log}\n{}", self.diagnose(LaunchName::for_job(*job)));
+            }
             assert_eq!(timeline["acquires"].as_u64(), Some(1), "job {job} acquired other than once: {timeline:#}");
             let fleet = FLEETS[index / per_fleet as usize].0;
-            let log = String::from_utf8_lossy(&self.emulator.job_log(*job).unwrap_or_default()).to_string();
             assert!(log.contains(&format!("fleet={fleet}")), "job {job} should have run on fleet {fleet}; log: {log}");
         }
     }
@@ -210,7 +251,7 @@ async fn three_hundred_jobs_over_three_fleets_and_two_queues_each_run_once_with_
     let scheduler = world.start_scheduler(&local).await;
     world.push_to(scheduler.push_addr());
 
-    let build = world.build(100, PRINT_FLEET);
+    let (_, build) = world.build(100, PRINT_FLEET);
     world.wait_until_final(&build).await;
     world.assert_each_ran_once_on_its_fleet(&build, 100);
     let stats = scheduler.stats();
@@ -227,7 +268,7 @@ async fn with_push_off_pull_alone_runs_everything() {
     let local = world.local_backend().await;
     let scheduler = world.start_scheduler(&local).await;
 
-    let build = world.build(10, PRINT_FLEET);
+    let (_, build) = world.build(10, PRINT_FLEET);
     world.wait_until_final(&build).await;
     world.assert_each_ran_once_on_its_fleet(&build, 10);
     let sources = pickups_by_source(&scheduler);
@@ -246,7 +287,7 @@ async fn when_thirty_percent_of_push_events_are_dropped_pull_still_runs_everythi
     world.push_to(scheduler.push_addr());
     world.emulator.set_push_faults(PushFaults { drop_fraction: 0.3, seed: 7, ..PushFaults::default() });
 
-    let build = world.build(20, PRINT_FLEET);
+    let (_, build) = world.build(20, PRINT_FLEET);
     world.wait_until_final(&build).await;
     world.assert_each_ran_once_on_its_fleet(&build, 20);
     let sources = pickups_by_source(&scheduler);
@@ -268,7 +309,7 @@ async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
     let pids = world.state.path().join("pids");
     std::fs::create_dir_all(&pids).expect("pids dir");
     let command = format!("echo $$ > {}/$BUILDKITE_JOB_ID; exec sleep 120", pids.display());
-    let build = world.build(1, &command);
+    let (slug, build) = world.build(1, &command);
     let give_up = Instant::now() + PATIENCE;
     let sleepers: Vec<i32> = loop {
         let running = build.job_ids.iter().all(|j| world.emulator.job_state(*j) == Some(JobState::Running));
@@ -287,7 +328,7 @@ async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
     let rest = RestClient::new(&world.emulator.url(), &world.emulator.api_token(), &world.emulator.org(), ClientOptions::default())
         .expect("rest client");
     let canceled_at = Instant::now();
-    rest.cancel_build("e2e-1", build.number).await.expect("cancel the build");
+    rest.cancel_build(&slug, build.number).await.expect("cancel the build");
     let names: BTreeSet<String> = build.job_ids.iter().map(|j| LaunchName::for_job(*j).to_string()).collect();
     loop {
         let sleepers_left: Vec<&i32> = sleepers.iter().filter(|pid| !is_zombie(**pid)).collect();
@@ -321,7 +362,84 @@ async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
     scheduler.shutdown().await.expect("clean shutdown");
 }
 
-/// Keeps `Path` in use for the restart scenario's config file.
-fn write_config(world: &World, path: &Path, http_listen: &str) {
-    std::fs::write(path, world.config_text(http_listen)).expect("config file");
+/// `updraft run --config FILE` as a child process, its stderr appended to a log file.
+struct SchedulerProcess {
+    child: tokio::process::Child,
+}
+
+impl SchedulerProcess {
+    const READY_PREFIX: &str = "updraft: scheduler running; status page http://";
+
+    /// Start it and point the emulator's push events at it once it says where it listens.
+    async fn start(world: &World, config: &std::path::Path, log: &std::path::Path) -> SchedulerProcess {
+        use tokio::io::AsyncBufReadExt;
+        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("scheduler log");
+        let mut child = tokio::process::Command::new(UPDRAFT)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("UPDRAFT_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn updraft run");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if let Some(rest) = line.strip_prefix(Self::READY_PREFIX) {
+                    return rest.trim_end_matches("/status").parse::<std::net::SocketAddr>().ok();
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(addr)) = ready else {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("`updraft run` did not report its address; its log:\n{log}");
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        world.push_to(addr);
+        SchedulerProcess { child }
+    }
+
+    async fn kill(mut self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.id().expect("scheduler pid") as i32;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal the scheduler");
+        let status = self.child.wait().await.expect("wait for the scheduler");
+        assert!(signal == nix::sys::signal::Signal::SIGKILL || status.success(), "`updraft run` ended with {status}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_sigkilled_five_times_during_a_300_job_run_loses_nothing_and_runs_nothing_twice() {
+    use nix::sys::signal::Signal;
+    let _serial = one_at_a_time();
+    let world = World::new().await;
+    let config = world.state.path().join("updraft.toml");
+    std::fs::write(&config, world.config_text("127.0.0.1:0")).expect("config file");
+    let log = world.state.path().join("scheduler.log");
+    let mut scheduler = SchedulerProcess::start(&world, &config, &log).await;
+
+    let (_, build) = world.build(100, PRINT_FLEET);
+    // Five random moments of the run, as numbers of jobs finished; the kill happens as the
+    // run passes each, so every one lands mid-run whatever the machine's speed.
+    let mut moments: Vec<usize> = (0..5).map(|_| rand::random_range(1..250)).collect();
+    moments.sort();
+    let give_up = Instant::now() + PATIENCE;
+    for moment in moments {
+        while build.job_ids.iter().filter(|j| world.emulator.job_state(**j).is_some_and(JobState::is_terminal)).count() < moment {
+            assert!(Instant::now() < give_up, "the run stalled before {moment} jobs finished; log: {}", log.display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        scheduler.kill(Signal::SIGKILL).await;
+        scheduler = SchedulerProcess::start(&world, &config, &log).await;
+    }
+
+    world.wait_until_final(&build).await;
+    world.assert_each_ran_once_on_its_fleet(&build, 100);
+    scheduler.kill(Signal::SIGTERM).await;
+    assert_no_processes_left(&build).await;
 }

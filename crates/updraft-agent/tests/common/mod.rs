@@ -1,6 +1,9 @@
 //! Helpers for the agent's tests against the in-process emulator: start one, add a pipeline,
 //! and an agent config with fast retries and a temporary build path.
 
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
 use std::path::Path;
 use std::time::Duration;
 use updraft_agent::AgentConfig;

@@ -24,16 +24,30 @@ pub fn routes() -> Router<SharedApp> {
         .route("/organizations/{org}/agents/{id}/resume", put(resume))
 }
 
-async fn list(State(app): State<SharedApp>, Path(org): Path<String>, OriginalUri(uri): OriginalUri) -> ApiResult<Response> {
+async fn list(
+    State(app): State<SharedApp>,
+    Path(org): Path<String>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
     check_org(&app, &org)?;
     let pairs = query_pairs(&uri);
-    let filter = |name: &str| query_values(&pairs, name).first().filter(|v| !v.is_empty()).map(|v| v.to_string());
+    let filter = |name: &str| {
+        query_values(&pairs, name)
+            .first()
+            .filter(|v| !v.is_empty())
+            .map(|v| v.to_string())
+    };
     let (name, hostname, version) = (filter("name"), filter("hostname"), filter("version"));
     let items = app.store.read(|s| {
         s.agent_order
             .iter()
             .filter_map(|id| s.agents.get(id))
-            .filter(|a| matches!(a.connection_state, ConnectionState::Connected | ConnectionState::Stopping))
+            .filter(|a| {
+                matches!(
+                    a.connection_state,
+                    ConnectionState::Connected | ConnectionState::Stopping
+                )
+            })
             .filter(|a| name.as_ref().is_none_or(|n| a.name.contains(n.as_str())))
             .filter(|a| hostname.as_ref().is_none_or(|h| a.hostname == *h))
             .filter(|a| version.as_ref().is_none_or(|v| a.version == *v))
@@ -43,10 +57,15 @@ async fn list(State(app): State<SharedApp>, Path(org): Path<String>, OriginalUri
     super::paginate(items, &uri, &app.base_url)
 }
 
-async fn show(State(app): State<SharedApp>, Path((org, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn show(
+    State(app): State<SharedApp>,
+    Path((org, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     let id = parse_uuid("agent", &id)?;
-    app.store.read(|s| s.agents.get(&id).map(|a| Json(s.rest_agent(a)))).ok_or_else(|| ApiError::not_found("No agent found"))
+    app.store
+        .read(|s| s.agents.get(&id).map(|a| Json(s.rest_agent(a))))
+        .ok_or_else(|| ApiError::not_found("No agent found"))
 }
 
 #[derive(Deserialize)]
@@ -61,7 +80,11 @@ impl Default for StopRequest {
     }
 }
 
-async fn stop(State(app): State<SharedApp>, Path((org, id)): Path<(String, String)>, body: Bytes) -> ApiResult<StatusCode> {
+async fn stop(
+    State(app): State<SharedApp>,
+    Path((org, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
     check_org(&app, &org)?;
     let id = parse_uuid("agent", &id)?;
     let request: StopRequest = parse_json("stop agent", &body)?;
@@ -69,14 +92,20 @@ async fn stop(State(app): State<SharedApp>, Path((org, id)): Path<(String, Strin
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn pause(State(app): State<SharedApp>, Path((org, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn pause(
+    State(app): State<SharedApp>,
+    Path((org, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     check_org(&app, &org)?;
     let id = parse_uuid("agent", &id)?;
     app.store.with(|s| s.pause_agent(id, true))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn resume(State(app): State<SharedApp>, Path((org, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
+async fn resume(
+    State(app): State<SharedApp>,
+    Path((org, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
     check_org(&app, &org)?;
     let id = parse_uuid("agent", &id)?;
     app.store.with(|s| s.pause_agent(id, false))?;

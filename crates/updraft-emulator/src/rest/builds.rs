@@ -21,24 +21,48 @@ pub fn routes() -> Router<SharedApp> {
     Router::new()
         .route("/builds", get(list_all))
         .route("/organizations/{org}/builds", get(list_org))
-        .route("/organizations/{org}/pipelines/{slug}/builds", get(list_pipeline).post(create))
-        .route("/organizations/{org}/pipelines/{slug}/builds/{number}", get(show))
-        .route("/organizations/{org}/pipelines/{slug}/builds/{number}/cancel", put(cancel))
-        .route("/organizations/{org}/pipelines/{slug}/builds/{number}/rebuild", put(rebuild))
+        .route(
+            "/organizations/{org}/pipelines/{slug}/builds",
+            get(list_pipeline).post(create),
+        )
+        .route(
+            "/organizations/{org}/pipelines/{slug}/builds/{number}",
+            get(show),
+        )
+        .route(
+            "/organizations/{org}/pipelines/{slug}/builds/{number}/cancel",
+            put(cancel),
+        )
+        .route(
+            "/organizations/{org}/pipelines/{slug}/builds/{number}/rebuild",
+            put(rebuild),
+        )
 }
 
 /// The build `number` of pipeline `slug`, or 404.
 pub(crate) fn find_build(world: &World, slug: &str, number: &str) -> ApiResult<Uuid> {
-    let not_found = || ApiError::not_found(format!("No build found with number {number:?} in pipeline {slug:?}"));
+    let not_found = || {
+        ApiError::not_found(format!(
+            "No build found with number {number:?} in pipeline {slug:?}"
+        ))
+    };
     let number: u64 = number.parse().map_err(|_| not_found())?;
-    world.builds_by_number.get(&(slug.to_string(), number)).copied().ok_or_else(not_found)
+    world
+        .builds_by_number
+        .get(&(slug.to_string(), number))
+        .copied()
+        .ok_or_else(not_found)
 }
 
 /// The REST build with its jobs; retried jobs only with `include_retried_jobs=true`.
 fn build_json(world: &World, build: &Build, uri: &Uri) -> Value {
     let pairs = query_pairs(uri);
-    let include_retried = query_values(&pairs, "include_retried_jobs").first().is_some_and(|v| *v == "true");
-    let exclude_jobs = query_values(&pairs, "exclude_jobs").first().is_some_and(|v| *v == "true");
+    let include_retried = query_values(&pairs, "include_retried_jobs")
+        .first()
+        .is_some_and(|v| *v == "true");
+    let exclude_jobs = query_values(&pairs, "exclude_jobs")
+        .first()
+        .is_some_and(|v| *v == "true");
     let mut value = world.rest_build(build, !exclude_jobs);
     if let Some(Value::Array(jobs)) = value.get_mut("jobs") {
         if !include_retried {
@@ -59,42 +83,86 @@ struct CreateRequest {
     meta_data: BTreeMap<String, String>,
 }
 
-async fn create(State(app): State<SharedApp>, Path((org, slug)): Path<(String, String)>, OriginalUri(uri): OriginalUri, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+async fn create(
+    State(app): State<SharedApp>,
+    Path((org, slug)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     check_org(&app, &org)?;
     let request: CreateRequest = parse_json("create build", &body)?;
-    let commit = request.commit.filter(|c| !c.trim().is_empty()).ok_or_else(|| ApiError::unprocessable("Validation failed: commit can't be blank"))?;
-    let branch = request.branch.filter(|b| !b.trim().is_empty()).ok_or_else(|| ApiError::unprocessable("Validation failed: branch can't be blank"))?;
-    let req = CreateBuild { commit, branch, message: request.message.unwrap_or_default(), env: request.env, meta_data: request.meta_data, source: "api".to_string() };
+    let commit = request
+        .commit
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| ApiError::unprocessable("Validation failed: commit can't be blank"))?;
+    let branch = request
+        .branch
+        .filter(|b| !b.trim().is_empty())
+        .ok_or_else(|| ApiError::unprocessable("Validation failed: branch can't be blank"))?;
+    let req = CreateBuild {
+        commit,
+        branch,
+        message: request.message.unwrap_or_default(),
+        env: request.env,
+        meta_data: request.meta_data,
+        source: "api".to_string(),
+    };
     let build = app.store.with(|s| {
         let id = s.create_build(&slug, req)?;
-        Ok::<_, ApiError>(s.builds.get(&id).map(|b| build_json(s, b, &uri)).unwrap_or_default())
+        Ok::<_, ApiError>(
+            s.builds
+                .get(&id)
+                .map(|b| build_json(s, b, &uri))
+                .unwrap_or_default(),
+        )
     })?;
     Ok((StatusCode::CREATED, Json(build)))
 }
 
-async fn show(State(app): State<SharedApp>, Path((org, slug, number)): Path<(String, String, String)>, OriginalUri(uri): OriginalUri) -> ApiResult<Json<Value>> {
+async fn show(
+    State(app): State<SharedApp>,
+    Path((org, slug, number)): Path<(String, String, String)>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     app.store.read(|s| {
         let id = find_build(s, &slug, &number)?;
-        s.builds.get(&id).map(|b| Json(build_json(s, b, &uri))).ok_or_else(|| ApiError::not_found("Build not found"))
+        s.builds
+            .get(&id)
+            .map(|b| Json(build_json(s, b, &uri)))
+            .ok_or_else(|| ApiError::not_found("Build not found"))
     })
 }
 
-async fn cancel(State(app): State<SharedApp>, Path((org, slug, number)): Path<(String, String, String)>, OriginalUri(uri): OriginalUri) -> ApiResult<Json<Value>> {
+async fn cancel(
+    State(app): State<SharedApp>,
+    Path((org, slug, number)): Path<(String, String, String)>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     app.store.with(|s| {
         let id = find_build(s, &slug, &number)?;
         s.cancel_build(id)?;
-        s.builds.get(&id).map(|b| Json(build_json(s, b, &uri))).ok_or_else(|| ApiError::not_found("Build not found"))
+        s.builds
+            .get(&id)
+            .map(|b| Json(build_json(s, b, &uri)))
+            .ok_or_else(|| ApiError::not_found("Build not found"))
     })
 }
 
-async fn rebuild(State(app): State<SharedApp>, Path((org, slug, number)): Path<(String, String, String)>, OriginalUri(uri): OriginalUri) -> ApiResult<Json<Value>> {
+async fn rebuild(
+    State(app): State<SharedApp>,
+    Path((org, slug, number)): Path<(String, String, String)>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     app.store.with(|s| {
         let id = find_build(s, &slug, &number)?;
         let new_id = s.rebuild(id)?;
-        s.builds.get(&new_id).map(|b| Json(build_json(s, b, &uri))).ok_or_else(|| ApiError::not_found("Build not found"))
+        s.builds
+            .get(&new_id)
+            .map(|b| Json(build_json(s, b, &uri)))
+            .ok_or_else(|| ApiError::not_found("Build not found"))
     })
 }
 
@@ -109,22 +177,39 @@ struct Filters {
     meta_data: Vec<(String, String)>,
 }
 
-fn date(pairs: &[(String, String)], name: &str) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
+fn date(
+    pairs: &[(String, String)],
+    name: &str,
+) -> ApiResult<Option<chrono::DateTime<chrono::Utc>>> {
     match query_values(pairs, name).first() {
         None | Some(&"") => Ok(None),
         Some(raw) => chrono::DateTime::parse_from_rfc3339(raw)
             .map(|t| Some(t.with_timezone(&chrono::Utc)))
-            .map_err(|_| ApiError::bad_request(format!("{name} must be an ISO 8601 time like 2026-01-02T03:04:05Z, got {raw:?}"))),
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "{name} must be an ISO 8601 time like 2026-01-02T03:04:05Z, got {raw:?}"
+                ))
+            }),
     }
 }
 
 impl Filters {
     fn parse(uri: &Uri) -> ApiResult<Self> {
         let pairs = query_pairs(uri);
-        let own = |name: &str| query_values(&pairs, name).into_iter().filter(|v| !v.is_empty()).map(str::to_string).collect::<Vec<_>>();
+        let own = |name: &str| {
+            query_values(&pairs, name)
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
         let meta_data = pairs
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix("meta_data[").and_then(|rest| rest.strip_suffix(']')).map(|key| (key.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix("meta_data[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .map(|key| (key.to_string(), v.clone()))
+            })
             .collect();
         Ok(Filters {
             states: own("state"),
@@ -139,39 +224,26 @@ impl Filters {
 
     fn keeps(&self, build: &Build) -> bool {
         let state_ok = self.states.is_empty()
-            || self.states.iter().any(|s| s == build.state.as_str() || (s == "finished" && build.state.is_finished()));
-        let branch_ok = self.branches.is_empty() || self.branches.iter().any(|pattern| wildcard(pattern, &build.branch));
-        let commit_ok = self.commits.is_empty() || self.commits.iter().any(|c| *c == build.commit);
-        let created_ok = self.created_from.is_none_or(|t| build.created_at >= t) && self.created_to.is_none_or(|t| build.created_at < t);
-        let finished_ok = self.finished_from.is_none_or(|t| build.finished_at.is_some_and(|f| f >= t));
-        let meta_ok = self.meta_data.iter().all(|(k, v)| build.meta_data.get(k) == Some(v));
+            || self.states.iter().any(|s| {
+                s == build.state.as_str() || (s == "finished" && build.state.is_finished())
+            });
+        let branch_ok = self.branches.is_empty()
+            || self
+                .branches
+                .iter()
+                .any(|pattern| crate::steps::wildcard(pattern, &build.branch));
+        let commit_ok = self.commits.is_empty() || self.commits.contains(&build.commit);
+        let created_ok = self.created_from.is_none_or(|t| build.created_at >= t)
+            && self.created_to.is_none_or(|t| build.created_at < t);
+        let finished_ok = self
+            .finished_from
+            .is_none_or(|t| build.finished_at.is_some_and(|f| f >= t));
+        let meta_ok = self
+            .meta_data
+            .iter()
+            .all(|(k, v)| build.meta_data.get(k) == Some(v));
         state_ok && branch_ok && commit_ok && created_ok && finished_ok && meta_ok
     }
-}
-
-/// Branch filters allow `*` wildcards.
-fn wildcard(pattern: &str, value: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == value;
-    }
-    let mut rest = value;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
 }
 
 fn list(app: &SharedApp, uri: &Uri, pipeline: Option<&str>) -> ApiResult<Response> {
@@ -188,34 +260,32 @@ fn list(app: &SharedApp, uri: &Uri, pipeline: Option<&str>) -> ApiResult<Respons
     super::paginate(items, uri, &app.base_url)
 }
 
-async fn list_all(State(app): State<SharedApp>, OriginalUri(uri): OriginalUri) -> ApiResult<Response> {
+async fn list_all(
+    State(app): State<SharedApp>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
     list(&app, &uri, None)
 }
 
-async fn list_org(State(app): State<SharedApp>, Path(org): Path<String>, OriginalUri(uri): OriginalUri) -> ApiResult<Response> {
+async fn list_org(
+    State(app): State<SharedApp>,
+    Path(org): Path<String>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
     check_org(&app, &org)?;
     list(&app, &uri, None)
 }
 
-async fn list_pipeline(State(app): State<SharedApp>, Path((org, slug)): Path<(String, String)>, OriginalUri(uri): OriginalUri) -> ApiResult<Response> {
+async fn list_pipeline(
+    State(app): State<SharedApp>,
+    Path((org, slug)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Response> {
     check_org(&app, &org)?;
     if !app.store.read(|s| s.pipelines.contains_key(&slug)) {
-        return Err(ApiError::not_found(format!("No pipeline found with slug {slug:?}")));
+        return Err(ApiError::not_found(format!(
+            "No pipeline found with slug {slug:?}"
+        )));
     }
     list(&app, &uri, Some(&slug))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::wildcard;
-
-    #[test]
-    fn branch_wildcards() {
-        assert!(wildcard("main", "main"));
-        assert!(!wildcard("main", "mainline"));
-        assert!(wildcard("release/*", "release/1.2"));
-        assert!(wildcard("*-fix", "bug-fix"));
-        assert!(wildcard("f*o*r", "foobar"));
-        assert!(!wildcard("f*x", "foobar"));
-    }
 }

@@ -34,81 +34,148 @@ type JobPath = Path<(String, String, String, String)>;
 /// The job `id` of build `number` of pipeline `slug`, or 404.
 fn find_job(world: &World, slug: &str, number: &str, id: &str) -> ApiResult<Uuid> {
     let build = find_build(world, slug, number)?;
-    let job = Uuid::parse_str(id).ok().filter(|j| world.builds.get(&build).is_some_and(|b| b.jobs.contains(j)));
+    let job = Uuid::parse_str(id)
+        .ok()
+        .filter(|j| world.builds.get(&build).is_some_and(|b| b.jobs.contains(j)));
     job.ok_or_else(|| ApiError::not_found(format!("No job found with id {id:?} in build {number}")))
 }
 
 fn job_json(world: &World, id: Uuid) -> ApiResult<Json<Value>> {
-    world.jobs.get(&id).map(|j| Json(world.rest_job(j))).ok_or_else(|| ApiError::not_found("Job not found"))
+    world
+        .jobs
+        .get(&id)
+        .map(|j| Json(world.rest_job(j)))
+        .ok_or_else(|| ApiError::not_found("Job not found"))
 }
 
-async fn show(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath) -> ApiResult<Json<Value>> {
+async fn show(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
-    app.store.read(|s| job_json(s, find_job(s, &slug, &number, &id)?))
+    app.store
+        .read(|s| job_json(s, find_job(s, &slug, &number, &id)?))
 }
 
-async fn show_by_id(State(app): State<SharedApp>, Path((org, id)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+async fn show_by_id(
+    State(app): State<SharedApp>,
+    Path((org, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
-    let id = Uuid::parse_str(&id).map_err(|_| ApiError::not_found(format!("No job found with id {id:?}")))?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::not_found(format!("No job found with id {id:?}")))?;
     app.store.read(|s| job_json(s, id))
 }
 
 fn log_text(app: &SharedApp, slug: &str, number: &str, id: &str) -> ApiResult<(Uuid, String)> {
     app.store.read(|s| {
         let job = find_job(s, slug, number, id)?;
-        let content = s.jobs.get(&job).map(|j| String::from_utf8_lossy(&j.log.content()).into_owned()).unwrap_or_default();
+        let content = s
+            .jobs
+            .get(&job)
+            .map(|j| String::from_utf8_lossy(&j.log.content()).into_owned())
+            .unwrap_or_default();
         Ok((job, content))
     })
 }
 
 fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
-async fn log(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath, headers: HeaderMap) -> ApiResult<Response> {
+async fn log(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     check_org(&app, &org)?;
     let (job, content) = log_text(&app, &slug, &number, &id)?;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     if accept.starts_with("text/plain") {
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], content).into_response());
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            content,
+        )
+            .into_response());
     }
     if accept.starts_with("text/html") {
-        return Ok(([(header::CONTENT_TYPE, "text/html; charset=utf-8")], format!("<pre class=\"term\">{}</pre>", html_escape(&content))).into_response());
+        return Ok((
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            format!("<pre class=\"term\">{}</pre>", html_escape(&content)),
+        )
+            .into_response());
     }
-    let url = app.store.read(|s| s.jobs.get(&job).and_then(|j| s.builds.get(&j.build_id)).map(|b| format!("{}/jobs/{job}/log", s.build_url(b))));
-    Ok(Json(json!({"url": url, "content": content, "size": content.len(), "header_times": []})).into_response())
+    let url = app.store.read(|s| {
+        s.jobs
+            .get(&job)
+            .and_then(|j| s.builds.get(&j.build_id))
+            .map(|b| format!("{}/jobs/{job}/log", s.build_url(b)))
+    });
+    Ok(
+        Json(json!({"url": url, "content": content, "size": content.len(), "header_times": []}))
+            .into_response(),
+    )
 }
 
-async fn raw_log(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath) -> ApiResult<Response> {
+async fn raw_log(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+) -> ApiResult<Response> {
     check_org(&app, &org)?;
     let (_, content) = log_text(&app, &slug, &number, &id)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], content).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        content,
+    )
+        .into_response())
 }
 
-async fn delete_log(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath) -> ApiResult<StatusCode> {
+async fn delete_log(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+) -> ApiResult<StatusCode> {
     check_org(&app, &org)?;
     app.store.with(|s| {
         let job = find_job(s, &slug, &number, &id)?;
-        let job = s.jobs.get_mut(&job).ok_or_else(|| ApiError::not_found("Job not found"))?;
+        let job = s
+            .jobs
+            .get_mut(&job)
+            .ok_or_else(|| ApiError::not_found("Job not found"))?;
         if !job.state.is_terminal() {
-            return Err(ApiError::unprocessable("A log can only be deleted once its job has finished"));
+            return Err(ApiError::unprocessable(
+                "A log can only be deleted once its job has finished",
+            ));
         }
         job.log.clear();
         Ok(StatusCode::NO_CONTENT)
     })
 }
 
-async fn env(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath) -> ApiResult<Json<Value>> {
+async fn env(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     app.store.read(|s| {
         let job = find_job(s, &slug, &number, &id)?;
-        let job = s.jobs.get(&job).ok_or_else(|| ApiError::not_found("Job not found"))?;
+        let job = s
+            .jobs
+            .get(&job)
+            .ok_or_else(|| ApiError::not_found("Job not found"))?;
         let agent = job.agent_id.and_then(|a| s.agents.get(&a));
         Ok(Json(json!({"env": s.job_env(job, agent)})))
     })
 }
 
-async fn retry(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath) -> ApiResult<Json<Value>> {
+async fn retry(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     app.store.with(|s| {
         let job = find_job(s, &slug, &number, &id)?;
@@ -123,7 +190,11 @@ struct UnblockRequest {
     unblocker: Option<String>,
 }
 
-async fn unblock(State(app): State<SharedApp>, Path((org, slug, number, id)): JobPath, body: Bytes) -> ApiResult<Json<Value>> {
+async fn unblock(
+    State(app): State<SharedApp>,
+    Path((org, slug, number, id)): JobPath,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
     check_org(&app, &org)?;
     let request: UnblockRequest = parse_json("unblock", &body)?;
     let by = request.unblocker.unwrap_or_else(|| "api".to_string());

@@ -31,16 +31,29 @@ async fn guard(State(app): State<SharedApp>, request: Request, next: Next) -> Re
     if let Err(e) = require_api_token(&app, request.headers()) {
         return e.into_response();
     }
-    let token = header_token(request.headers(), "Bearer").unwrap_or_default().to_string();
+    let token = header_token(request.headers(), "Bearer")
+        .unwrap_or_default()
+        .to_string();
     let mut headers = HeaderMap::new();
     let minute = Duration::from_secs(60);
-    if let Err(e) = app.live.rate.check("rest", &app.org, minute, "RateLimit", &mut headers) {
+    if let Err(e) = app
+        .live
+        .rate
+        .check("rest", &app.org, minute, "RateLimit", &mut headers)
+    {
         return e.into_response();
     }
     let mut user_headers = HeaderMap::new();
-    if let Err(mut e) = app.live.rate.check("rest_user", &token, minute, "RateLimit-User", &mut user_headers) {
-        e.headers.extend(headers);
-        return e.into_response();
+    if let Err(e) = app.live.rate.check(
+        "rest_user",
+        &token,
+        minute,
+        "RateLimit-User",
+        &mut user_headers,
+    ) {
+        let mut response = e.into_response();
+        response.headers_mut().extend(headers);
+        return response;
     }
     let mut response = next.run(request).await;
     response.headers_mut().extend(headers);
@@ -52,35 +65,62 @@ pub(crate) fn check_org(app: &SharedApp, org: &str) -> ApiResult<()> {
     if org == app.org {
         Ok(())
     } else {
-        Err(ApiError::not_found(format!("No organization found with slug {org:?}")))
+        Err(ApiError::not_found(format!(
+            "No organization found with slug {org:?}"
+        )))
     }
 }
 
 /// Query parameters as pairs, keeping repeats (`state[]=a&state[]=b`).
 pub(crate) fn query_pairs(uri: &Uri) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 pub(crate) fn query_values<'a>(pairs: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     let array = format!("{name}[]");
-    pairs.iter().filter(|(k, _)| *k == name || *k == array).map(|(_, v)| v.as_str()).collect()
+    pairs
+        .iter()
+        .filter(|(k, _)| *k == name || *k == array)
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 fn number(pairs: &[(String, String)], name: &str, default: usize, max: usize) -> ApiResult<usize> {
     match query_values(pairs, name).first() {
         None | Some(&"") => Ok(default),
-        Some(raw) => raw.parse::<usize>().ok().filter(|n| *n >= 1 && *n <= max).ok_or_else(|| ApiError::bad_request(format!("{name} must be an integer from 1 to {max}, got {raw:?}"))),
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n >= 1 && *n <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be an integer from 1 to {max}, got {raw:?}"
+                ))
+            }),
     }
 }
 
 /// One page of `items` (`?page=` from 1, `?per_page=` ≤ 100) and its `Link` header.
 pub(crate) fn paginate(items: Vec<Value>, uri: &Uri, base_url: &str) -> ApiResult<Response> {
     let pairs = query_pairs(uri);
-    let page = number(&pairs, "page", 1, usize::MAX)?;
+    // Clients such as pybuildkite send `page=0` for "the first page".
+    let page = match query_values(&pairs, "page").first() {
+        Some(&"0") => 1,
+        _ => number(&pairs, "page", 1, usize::MAX)?,
+    };
     let per_page = number(&pairs, "per_page", 30, 100)?;
     let last = items.len().div_ceil(per_page).max(1);
-    let page_items: Vec<Value> = items.into_iter().skip((page - 1).saturating_mul(per_page)).take(per_page).collect();
-    let kept: Vec<(String, String)> = pairs.into_iter().filter(|(k, _)| k != "page" && k != "per_page").collect();
+    let page_items: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .collect();
+    let kept: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, _)| k != "page" && k != "per_page")
+        .collect();
     let link_to = |target: usize| {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &kept {

@@ -44,10 +44,20 @@ pub struct Caller {
 const PING_SCAN_LIMIT: usize = 1000;
 
 impl State {
-    pub fn register_agent(&mut self, credential: RegisterCredential, req: RegisterRequest, caller: Caller) -> ApiResult<Value> {
-        let tags = AgentTags::parse("meta_data", &req.meta_data).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    pub fn register_agent(
+        &mut self,
+        credential: RegisterCredential,
+        req: RegisterRequest,
+        caller: Caller,
+    ) -> ApiResult<Value> {
+        let tags = AgentTags::parse("meta_data", &req.meta_data)
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
         let id = Uuid::new_v4();
-        let name = if req.name.trim().is_empty() { format!("emulated-agent-{}", &id.simple().to_string()[..8]) } else { req.name.replace("%spawn", "1") };
+        let name = if req.name.trim().is_empty() {
+            format!("emulated-agent-{}", &id.simple().to_string()[..8])
+        } else {
+            req.name.replace("%spawn", "1")
+        };
         let token = random_token("bkaa_");
         let now = Self::now();
         let restricted_to = match credential {
@@ -97,14 +107,22 @@ impl State {
     }
 
     fn agent_mut(&mut self, id: Uuid) -> ApiResult<&mut Agent> {
-        self.agents.get_mut(&id).ok_or_else(|| ApiError::unauthorized("Agent not found for this access token"))
+        self.agents
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::unauthorized("Agent not found for this access token"))
     }
 
     pub fn connect_agent(&mut self, id: Uuid) -> ApiResult<()> {
         let now = Self::now();
         let agent = self.agent_mut(id)?;
-        if matches!(agent.connection_state, ConnectionState::Stopped | ConnectionState::Disconnected) {
-            return Err(ApiError::unprocessable(format!("This agent is {} and can't connect again; register a new one", agent.connection_state.as_str())));
+        if matches!(
+            agent.connection_state,
+            ConnectionState::Stopped | ConnectionState::Disconnected
+        ) {
+            return Err(ApiError::unprocessable(format!(
+                "This agent is {} and can't connect again; register a new one",
+                agent.connection_state.as_str()
+            )));
         }
         agent.connection_state = ConnectionState::Connected;
         agent.connected_at = Some(now);
@@ -115,7 +133,11 @@ impl State {
     pub fn disconnect_agent(&mut self, id: Uuid) -> ApiResult<()> {
         let now = Self::now();
         let agent = self.agent_mut(id)?;
-        agent.connection_state = if agent.connection_state == ConnectionState::Stopping { ConnectionState::Stopped } else { ConnectionState::Disconnected };
+        agent.connection_state = if agent.connection_state == ConnectionState::Stopping {
+            ConnectionState::Stopped
+        } else {
+            ConnectionState::Disconnected
+        };
         agent.disconnected_at = Some(now);
         if agent.connection_state == ConnectionState::Stopped {
             agent.stopped_at = Some(now);
@@ -126,7 +148,11 @@ impl State {
             if let Some(job) = self.jobs.get_mut(&job_id) {
                 job.agent_id = None;
             }
-            self.set_state(job_id, JobState::Scheduled, Some("assigned agent disconnected".to_string()));
+            self.set_state(
+                job_id,
+                JobState::Scheduled,
+                Some("assigned agent disconnected".to_string()),
+            );
         }
         Ok(())
     }
@@ -136,7 +162,9 @@ impl State {
         let agent = self.agent_mut(id)?;
         agent.heartbeats += 1;
         agent.last_seen_at = now;
-        Ok(json!({"sent_at": sent_at, "received_at": now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)}))
+        Ok(
+            json!({"sent_at": sent_at, "received_at": now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)}),
+        )
     }
 
     /// `GET /v3/ping`: the order of the agent's own fake server (reference §1.6.3).
@@ -151,7 +179,11 @@ impl State {
             agent.connected_at = Some(now);
         }
         if let Some(job_id) = agent.job_id {
-            if let Some(job) = self.jobs.get(&job_id).filter(|j| j.state == JobState::Assigned) {
+            if let Some(job) = self
+                .jobs
+                .get(&job_id)
+                .filter(|j| j.state == JobState::Assigned)
+            {
                 let agent = self.agents.get(&id);
                 return Ok(json!({"job": self.agent_job(job, agent, false)}));
             }
@@ -166,7 +198,9 @@ impl State {
         if agent.ignore_in_dispatches || agent.job_id.is_some() {
             return Ok(json!({}));
         }
-        let Some(job_id) = self.pick_job_for(id) else { return Ok(json!({})) };
+        let Some(job_id) = self.pick_job_for(id) else {
+            return Ok(json!({}));
+        };
         if let Some(job) = self.jobs.get_mut(&job_id) {
             job.agent_id = Some(id);
         }
@@ -174,7 +208,9 @@ impl State {
             agent.job_id = Some(job_id);
         }
         self.set_state(job_id, JobState::Assigned, None);
-        let job = self.jobs.get(&job_id).ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "assigned job vanished"))?;
+        let job = self.jobs.get(&job_id).ok_or_else(|| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "assigned job vanished")
+        })?;
         Ok(json!({"job": self.agent_job(job, self.agents.get(&id), false)}))
     }
 
@@ -183,8 +219,12 @@ impl State {
         let agent = self.agents.get(&agent_id)?;
         let mut best: Option<(i64, Uuid)> = None;
         for job_id in self.scheduled.values().take(PING_SCAN_LIMIT) {
-            let Some(job) = self.jobs.get(job_id) else { continue };
-            if self.paused_queues.contains(job.step.agents.queue()) || !job.step.agents.matched_by(&agent.tags) {
+            let Some(job) = self.jobs.get(job_id) else {
+                continue;
+            };
+            if self.paused_queues.contains(job.step.agents.queue())
+                || !job.step.agents.matched_by(&agent.tags)
+            {
                 continue;
             }
             if best.is_none_or(|(priority, _)| job.step.priority > priority) {
@@ -194,12 +234,34 @@ impl State {
         best.map(|(_, id)| id)
     }
 
-    fn record_attempt(&mut self, job_id: Uuid, agent_id: Uuid, action: &'static str, status: u16, outcome: String) {
-        let agent_name = self.agents.get(&agent_id).map(|a| a.name.clone()).unwrap_or_default();
-        let counter = if action == "acquire" { &mut self.counters.acquires_by_job } else { &mut self.counters.accepts_by_job };
+    fn record_attempt(
+        &mut self,
+        job_id: Uuid,
+        agent_id: Uuid,
+        action: &'static str,
+        status: u16,
+        outcome: String,
+    ) {
+        let agent_name = self
+            .agents
+            .get(&agent_id)
+            .map(|a| a.name.clone())
+            .unwrap_or_default();
+        let counter = if action == "acquire" {
+            &mut self.counters.acquires_by_job
+        } else {
+            &mut self.counters.accepts_by_job
+        };
         *counter.entry(job_id).or_default() += 1;
         if let Some(job) = self.jobs.get_mut(&job_id) {
-            job.attempts.push(Attempt { action, agent_id, agent_name, at: Self::now(), status, outcome });
+            job.attempts.push(Attempt {
+                action,
+                agent_id,
+                agent_name,
+                at: Self::now(),
+                status,
+                outcome,
+            });
         }
     }
 
@@ -220,18 +282,29 @@ impl State {
         if let Some(build_id) = build_id {
             self.settle(build_id);
         }
-        let job = self.jobs.get(&job_id).ok_or_else(|| ApiError::not_found("Job not found"))?;
+        let job = self
+            .jobs
+            .get(&job_id)
+            .ok_or_else(|| ApiError::not_found("Job not found"))?;
         Ok(self.agent_job(job, self.agents.get(&agent_id), true))
     }
 
     pub fn accept_job(&mut self, agent_id: Uuid, job_id: Uuid) -> ApiResult<Value> {
-        let job = self.jobs.get(&job_id).ok_or_else(|| ApiError::not_found(format!("No job found with id {job_id}")))?;
+        let job = self
+            .jobs
+            .get(&job_id)
+            .ok_or_else(|| ApiError::not_found(format!("No job found with id {job_id}")))?;
         let result = if job.state == JobState::Assigned && job.agent_id == Some(agent_id) {
             self.hand_over(job_id, agent_id)
         } else if job.state == JobState::Assigned {
-            Err(ApiError::unprocessable("This job is assigned to another agent"))
+            Err(ApiError::unprocessable(
+                "This job is assigned to another agent",
+            ))
         } else {
-            Err(ApiError::unprocessable(format!("This job can't be accepted because it is {}", job.state)))
+            Err(ApiError::unprocessable(format!(
+                "This job can't be accepted because it is {}",
+                job.state
+            )))
         };
         let (status, outcome) = match &result {
             Ok(_) => (200, "accepted".to_string()),
@@ -242,23 +315,50 @@ impl State {
     }
 
     /// `PUT /v3/jobs/{id}/acquire` (reference §1.6.7).
-    pub fn acquire_job(&mut self, agent_id: Uuid, job_id: Uuid, lock_header: bool) -> ApiResult<Value> {
-        let job = self.jobs.get(&job_id).ok_or_else(|| ApiError::not_found(format!("No job found with id {job_id}")))?;
-        let agent = self.agents.get(&agent_id).ok_or_else(|| ApiError::unauthorized("Agent not found for this access token"))?;
+    pub fn acquire_job(
+        &mut self,
+        agent_id: Uuid,
+        job_id: Uuid,
+        lock_header: bool,
+    ) -> ApiResult<Value> {
+        let job = self
+            .jobs
+            .get(&job_id)
+            .ok_or_else(|| ApiError::not_found(format!("No job found with id {job_id}")))?;
+        let agent = self
+            .agents
+            .get(&agent_id)
+            .ok_or_else(|| ApiError::unauthorized("Agent not found for this access token"))?;
         let result = if !lock_header {
-            Err(ApiError::unprocessable("Acquiring a job needs the X-Buildkite-Lock-Acquire-Job: 1 header"))
+            Err(ApiError::unprocessable(
+                "Acquiring a job needs the X-Buildkite-Lock-Acquire-Job: 1 header",
+            ))
         } else if agent.restricted_to.is_some_and(|allowed| allowed != job_id) {
-            Err(ApiError::forbidden("This agent registered with a job acquisition token for another job"))
+            Err(ApiError::forbidden(
+                "This agent registered with a job acquisition token for another job",
+            ))
         } else if job.kind != JobKind::Script {
-            Err(ApiError::unprocessable(format!("Job {job_id} is a {} job; only command jobs can be acquired", job.kind.as_str())))
+            Err(ApiError::unprocessable(format!(
+                "Job {job_id} is a {} job; only command jobs can be acquired",
+                job.kind.as_str()
+            )))
         } else {
             match job.state {
                 JobState::Scheduled | JobState::Reserved => self.hand_over(job_id, agent_id),
-                JobState::Assigned if job.agent_id == Some(agent_id) => self.hand_over(job_id, agent_id),
-                JobState::Pending | JobState::Waiting | JobState::Blocked | JobState::Limiting | JobState::Limited => {
-                    Err(ApiError::locked(format!("Job {job_id} is {} and not runnable yet", job.state), 1))
+                JobState::Assigned if job.agent_id == Some(agent_id) => {
+                    self.hand_over(job_id, agent_id)
                 }
-                other => Err(ApiError::unprocessable(format!("Job {job_id} can't be acquired because it is {other}"))),
+                JobState::Pending
+                | JobState::Waiting
+                | JobState::Blocked
+                | JobState::Limiting
+                | JobState::Limited => Err(ApiError::locked(
+                    format!("Job {job_id} is {} and not runnable yet", job.state),
+                    1,
+                )),
+                other => Err(ApiError::unprocessable(format!(
+                    "Job {job_id} can't be acquired because it is {other}"
+                ))),
             }
         };
         let (status, outcome) = match &result {
@@ -271,7 +371,10 @@ impl State {
 
     /// REST `PUT agents/{id}/stop`: the next ping says disconnect; `force` cancels its job.
     pub fn stop_agent(&mut self, id: Uuid, force: bool) -> ApiResult<()> {
-        let agent = self.agents.get_mut(&id).ok_or_else(|| ApiError::not_found("No agent found"))?;
+        let agent = self
+            .agents
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::not_found("No agent found"))?;
         if agent.connection_state != ConnectionState::Connected {
             return Err(ApiError::bad_request("Can only stop connected agents"));
         }
@@ -285,9 +388,14 @@ impl State {
     }
 
     pub fn pause_agent(&mut self, id: Uuid, paused: bool) -> ApiResult<()> {
-        let agent = self.agents.get_mut(&id).ok_or_else(|| ApiError::not_found("No agent found"))?;
+        let agent = self
+            .agents
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::not_found("No agent found"))?;
         if agent.connection_state != ConnectionState::Connected {
-            return Err(ApiError::unprocessable("Can only pause or resume connected agents"));
+            return Err(ApiError::unprocessable(
+                "Can only pause or resume connected agents",
+            ));
         }
         if paused && agent.paused {
             return Err(ApiError::unprocessable("This agent is already paused"));

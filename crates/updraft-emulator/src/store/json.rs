@@ -14,7 +14,9 @@ pub fn graphql_id(kind: &str, id: Uuid) -> String {
 }
 
 pub fn time(t: Option<Time>) -> Value {
-    t.map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+    t.map_or(Value::Null, |t| {
+        Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    })
 }
 
 /// REST shows `finished` as passed/failed; the emulator stores those directly.
@@ -24,20 +26,27 @@ fn rest_state(state: JobState) -> &'static str {
 
 impl State {
     pub fn build_url(&self, build: &Build) -> String {
-        format!("{}/v2/organizations/{}/pipelines/{}/builds/{}", self.settings.base_url, self.settings.org, build.pipeline, build.number)
+        format!(
+            "{}/v2/organizations/{}/pipelines/{}/builds/{}",
+            self.settings.base_url, self.settings.org, build.pipeline, build.number
+        )
     }
 
     pub fn build_web_url(&self, build: &Build) -> String {
-        format!("{}/{}/{}/builds/{}", self.settings.base_url, self.settings.org, build.pipeline, build.number)
+        format!(
+            "{}/{}/{}/builds/{}",
+            self.settings.base_url, self.settings.org, build.pipeline, build.number
+        )
     }
 
     pub fn rest_job(&self, job: &Job) -> Value {
         let build = self.builds.get(&job.build_id);
         let build_url = build.map(|b| self.build_url(b)).unwrap_or_default();
         let web = build.map(|b| self.build_web_url(b)).unwrap_or_default();
-        let agent = job.agent_id.and_then(|id| self.agents.get(&id)).map(|a| {
-            json!({"id": a.id, "url": self.agent_url(a.id), "name": a.name})
-        });
+        let agent = job
+            .agent_id
+            .and_then(|id| self.agents.get(&id))
+            .map(|a| json!({"id": a.id, "url": self.agent_url(a.id), "name": a.name}));
         let name = job.step.label.clone().or_else(|| job.step.command.clone());
         json!({
             "id": job.id,
@@ -58,7 +67,7 @@ impl State {
             "exit_status": job.exit_status,
             "signal": job.signal,
             "signal_reason": job.signal_reason,
-            "broken_reason": null,
+            "broken_reason": job.broken_reason,
             "created_at": time(Some(job.created_at)),
             "scheduled_at": time(job.scheduled_at),
             "runnable_at": time(job.runnable_at),
@@ -79,7 +88,11 @@ impl State {
     }
 
     pub fn rest_build(&self, build: &Build, with_jobs: bool) -> Value {
-        let pipeline = self.pipelines.get(&build.pipeline).map(|p| self.rest_pipeline(p)).unwrap_or(Value::Null);
+        let pipeline = self
+            .pipelines
+            .get(&build.pipeline)
+            .map(|p| self.rest_pipeline(p))
+            .unwrap_or(Value::Null);
         let mut value = json!({
             "id": build.id,
             "graphql_id": graphql_id("Build", build.id),
@@ -106,14 +119,22 @@ impl State {
             "pipeline": pipeline,
         });
         if with_jobs {
-            let jobs: Vec<Value> = build.jobs.iter().filter_map(|id| self.jobs.get(id)).map(|j| self.rest_job(j)).collect();
+            let jobs: Vec<Value> = build
+                .jobs
+                .iter()
+                .filter_map(|id| self.jobs.get(id))
+                .map(|j| self.rest_job(j))
+                .collect();
             value["jobs"] = Value::Array(jobs);
         }
         value
     }
 
     pub fn pipeline_url(&self, slug: &str) -> String {
-        format!("{}/v2/organizations/{}/pipelines/{slug}", self.settings.base_url, self.settings.org)
+        format!(
+            "{}/v2/organizations/{}/pipelines/{slug}",
+            self.settings.base_url, self.settings.org
+        )
     }
 
     pub fn rest_pipeline(&self, p: &Pipeline) -> Value {
@@ -138,11 +159,17 @@ impl State {
     }
 
     pub fn agent_url(&self, id: Uuid) -> String {
-        format!("{}/v2/organizations/{}/agents/{id}", self.settings.base_url, self.settings.org)
+        format!(
+            "{}/v2/organizations/{}/agents/{id}",
+            self.settings.base_url, self.settings.org
+        )
     }
 
     pub fn rest_agent(&self, a: &Agent) -> Value {
-        let job = a.job_id.and_then(|id| self.jobs.get(&id)).map(|j| self.rest_job(j));
+        let job = a
+            .job_id
+            .and_then(|id| self.jobs.get(&id))
+            .map(|j| self.rest_job(j));
         json!({
             "id": a.id,
             "graphql_id": graphql_id("Agent", a.id),
@@ -191,17 +218,38 @@ impl State {
         set("CI", "true".into());
         set("BUILDKITE_JOB_ID", job.id.to_string());
         set("BUILDKITE_ORGANIZATION_SLUG", self.settings.org.clone());
-        set("BUILDKITE_ORGANIZATION_ID", self.settings.org_id.to_string());
+        set(
+            "BUILDKITE_ORGANIZATION_ID",
+            self.settings.org_id.to_string(),
+        );
         set("BUILDKITE_CLUSTER_ID", self.settings.cluster_id.to_string());
         set("BUILDKITE_CLUSTER_NAME", "Default cluster".into());
         set("BUILDKITE_COMPUTE_TYPE", "self-hosted".into());
         set("BUILDKITE_PIPELINE_PROVIDER", "github".into());
-        set("BUILDKITE_COMMAND", job.step.command.clone().unwrap_or_default());
-        set("BUILDKITE_LABEL", job.step.label.clone().or_else(|| job.step.command.clone()).unwrap_or_default());
-        set("BUILDKITE_STEP_KEY", job.step.key.clone().unwrap_or_default());
+        set(
+            "BUILDKITE_COMMAND",
+            job.step.command.clone().unwrap_or_default(),
+        );
+        set(
+            "BUILDKITE_LABEL",
+            job.step
+                .label
+                .clone()
+                .or_else(|| job.step.command.clone())
+                .unwrap_or_default(),
+        );
+        set(
+            "BUILDKITE_STEP_KEY",
+            job.step.key.clone().unwrap_or_default(),
+        );
         set("BUILDKITE_STEP_ID", job.step_id.to_string());
         set("BUILDKITE_RETRY_COUNT", job.retries_count.to_string());
-        set("BUILDKITE_TIMEOUT", job.step.timeout_in_minutes.map_or("false".to_string(), |m| m.to_string()));
+        set(
+            "BUILDKITE_TIMEOUT",
+            job.step
+                .timeout_in_minutes
+                .map_or("false".to_string(), |m| m.to_string()),
+        );
         set("BUILDKITE_PULL_REQUEST", "false".into());
         set("BUILDKITE_PULL_REQUEST_BASE_BRANCH", String::new());
         set("BUILDKITE_PULL_REQUEST_REPO", String::new());
@@ -218,7 +266,10 @@ impl State {
             set("BUILDKITE_PIPELINE_SLUG", p.slug.clone());
             set("BUILDKITE_PIPELINE_ID", p.id.to_string());
             set("BUILDKITE_PIPELINE_NAME", p.name.clone());
-            set("BUILDKITE_PIPELINE_DEFAULT_BRANCH", p.default_branch.clone());
+            set(
+                "BUILDKITE_PIPELINE_DEFAULT_BRANCH",
+                p.default_branch.clone(),
+            );
             set("BUILDKITE_REPO", p.repository.clone());
         }
         if let Some(b) = build {
@@ -230,9 +281,15 @@ impl State {
             set("BUILDKITE_MESSAGE", b.message.clone());
             set("BUILDKITE_SOURCE", b.source.clone());
             set("BUILDKITE_BUILD_CREATOR", "Updraft emulator".into());
-            set("BUILDKITE_BUILD_CREATOR_EMAIL", "emulator@updraft.invalid".into());
+            set(
+                "BUILDKITE_BUILD_CREATOR_EMAIL",
+                "emulator@updraft.invalid".into(),
+            );
             set("BUILDKITE_BUILD_AUTHOR", "Updraft emulator".into());
-            set("BUILDKITE_BUILD_AUTHOR_EMAIL", "emulator@updraft.invalid".into());
+            set(
+                "BUILDKITE_BUILD_AUTHOR_EMAIL",
+                "emulator@updraft.invalid".into(),
+            );
             if let Some((id, number)) = b.rebuilt_from {
                 set("BUILDKITE_REBUILT_FROM_BUILD_ID", id.to_string());
                 set("BUILDKITE_REBUILT_FROM_BUILD_NUMBER", number.to_string());
@@ -242,7 +299,13 @@ impl State {
             set("BUILDKITE_AGENT_ID", a.id.to_string());
             set("BUILDKITE_AGENT_NAME", a.name.clone());
             for (key, value) in &a.tags.0 {
-                set(&format!("BUILDKITE_AGENT_META_DATA_{}", key.to_uppercase().replace('-', "_")), value.clone());
+                set(
+                    &format!(
+                        "BUILDKITE_AGENT_META_DATA_{}",
+                        key.to_uppercase().replace('-', "_")
+                    ),
+                    value.clone(),
+                );
             }
         }
         env
@@ -251,10 +314,22 @@ impl State {
     /// The Job object of accept / acquire (reference §2.1). `with_token` adds the job token.
     pub fn agent_job(&self, job: &Job, agent: Option<&Agent>, with_token: bool) -> Value {
         let mut step = Map::new();
-        step.insert("key".into(), job.step.key.clone().map_or(Value::Null, Value::String));
-        step.insert("label".into(), job.step.label.clone().map_or(Value::Null, Value::String));
-        step.insert("command".into(), Value::String(job.step.command.clone().unwrap_or_default()));
-        step.insert("plugins".into(), job.step.plugins.clone().unwrap_or(Value::Null));
+        step.insert(
+            "key".into(),
+            job.step.key.clone().map_or(Value::Null, Value::String),
+        );
+        step.insert(
+            "label".into(),
+            job.step.label.clone().map_or(Value::Null, Value::String),
+        );
+        step.insert(
+            "command".into(),
+            Value::String(job.step.command.clone().unwrap_or_default()),
+        );
+        step.insert(
+            "plugins".into(),
+            job.step.plugins.clone().unwrap_or(Value::Null),
+        );
         step.insert("env".into(), json!(job.step.env));
         step.insert("agents".into(), json!(job.step.agents.to_strings()));
         if let Some(minutes) = job.step.timeout_in_minutes {
@@ -287,5 +362,8 @@ impl State {
 
 /// A stable id per queue key (clusters have one queue per key).
 pub fn queue_id(key: &str) -> Uuid {
-    Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("updraft-emulator/queue/{key}").as_bytes())
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_URL,
+        format!("updraft-emulator/queue/{key}").as_bytes(),
+    )
 }

@@ -5,8 +5,8 @@
 mod agents;
 pub mod json;
 mod lifecycle;
-mod running;
 pub mod model;
+mod running;
 pub mod stacks;
 
 use crate::config::EmulatorConfig;
@@ -47,8 +47,14 @@ impl Settings {
     pub fn new(config: &EmulatorConfig, base_url: String) -> Self {
         Settings {
             org: config.org.clone(),
-            org_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("updraft-emulator/org/{}", config.org).as_bytes()),
-            cluster_id: Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("updraft-emulator/cluster/{}", config.org).as_bytes()),
+            org_id: Uuid::new_v5(
+                &Uuid::NAMESPACE_URL,
+                format!("updraft-emulator/org/{}", config.org).as_bytes(),
+            ),
+            cluster_id: Uuid::new_v5(
+                &Uuid::NAMESPACE_URL,
+                format!("updraft-emulator/cluster/{}", config.org).as_bytes(),
+            ),
             agent_token: config.agent_token.clone(),
             api_token: config.api_token.clone(),
             base_url,
@@ -113,7 +119,11 @@ pub struct State {
 }
 
 pub fn random_token(prefix: &str) -> String {
-    let body: String = rand::rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect();
+    let body: String = rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(40)
+        .map(char::from)
+        .collect();
     format!("{prefix}{body}")
 }
 
@@ -179,11 +189,17 @@ pub struct Store {
 
 impl Store {
     pub fn new(settings: Settings, events: mpsc::UnboundedSender<Event>) -> Self {
-        Store { state: Mutex::new(State::new(settings)), events, deadline_wake: Notify::new() }
+        Store {
+            state: Mutex::new(State::new(settings)),
+            events,
+            deadline_wake: Notify::new(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Run `f` on the state; afterwards send the events it produced and wake the timer.

@@ -56,7 +56,14 @@ impl BuildState {
 
     /// `finished` in REST filters: passed, failed, blocked and canceled (reference §3.4).
     pub fn is_finished(self) -> bool {
-        matches!(self, BuildState::Passed | BuildState::Failed | BuildState::Blocked | BuildState::Canceled | BuildState::Skipped)
+        matches!(
+            self,
+            BuildState::Passed
+                | BuildState::Failed
+                | BuildState::Blocked
+                | BuildState::Canceled
+                | BuildState::Skipped
+        )
     }
 }
 
@@ -180,6 +187,8 @@ pub struct Job {
     pub retries_count: u32,
     pub unblocked_by: Option<String>,
     pub stack_finish_detail: Option<String>,
+    /// Why a `broken` job cannot run, e.g. `branch_mismatch`.
+    pub broken_reason: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

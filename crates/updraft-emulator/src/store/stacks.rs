@@ -28,7 +28,13 @@ pub struct ScheduledPage {
 
 impl State {
     /// Register or re-register; `true` when the stack is new.
-    pub fn register_stack(&mut self, key: String, kind: String, queue_key: String, metadata: Value) -> (bool, Value) {
+    pub fn register_stack(
+        &mut self,
+        key: String,
+        kind: String,
+        queue_key: String,
+        metadata: Value,
+    ) -> (bool, Value) {
         let now = Self::now();
         let queue = normalize_queue(&queue_key).to_string();
         let created = !self.stacks.contains_key(&key);
@@ -64,19 +70,33 @@ impl State {
     }
 
     pub fn stack(&self, key: &str) -> ApiResult<&Stack> {
-        self.stacks.get(key).ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))
+        self.stacks
+            .get(key)
+            .ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))
     }
 
     pub fn deregister_stack(&mut self, key: &str) -> ApiResult<()> {
-        let stack = self.stacks.get_mut(key).ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))?;
+        let stack = self
+            .stacks
+            .get_mut(key)
+            .ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))?;
         stack.state = "disconnected";
         Ok(())
     }
 
-    pub fn scheduled_jobs(&mut self, key: &str, queue: Option<&str>, limit: usize, after: Option<u64>) -> ApiResult<ScheduledPage> {
+    pub fn scheduled_jobs(
+        &mut self,
+        key: &str,
+        queue: Option<&str>,
+        limit: usize,
+        after: Option<u64>,
+    ) -> ApiResult<ScheduledPage> {
         let now = Self::now();
         self.sweep(now);
-        let stack = self.stacks.get_mut(key).ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))?;
+        let stack = self
+            .stacks
+            .get_mut(key)
+            .ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))?;
         stack.last_polled_at = Some(now);
         let queue = normalize_queue(queue.unwrap_or(&stack.queue_key)).to_string();
         let mut jobs = Vec::new();
@@ -84,7 +104,9 @@ impl State {
         let mut has_next_page = false;
         let start = after.map_or(0, |a| a + 1);
         for (&seq, job_id) in self.scheduled.range(start..) {
-            let Some(job) = self.jobs.get(job_id) else { continue };
+            let Some(job) = self.jobs.get(job_id) else {
+                continue;
+            };
             if job.step.agents.queue() != queue {
                 continue;
             }
@@ -124,7 +146,12 @@ impl State {
 
     /// Reserve scheduled jobs of the stack's queue. Re-reserving a job this stack already
     /// holds extends the reservation (a retried request gets the same answer).
-    pub fn reserve(&mut self, key: &str, ids: &[Uuid], expiry: Duration) -> ApiResult<(Vec<Uuid>, Vec<Uuid>)> {
+    pub fn reserve(
+        &mut self,
+        key: &str,
+        ids: &[Uuid],
+        expiry: Duration,
+    ) -> ApiResult<(Vec<Uuid>, Vec<Uuid>)> {
         let now = Self::now();
         self.sweep(now);
         let queue = self.stack(key)?.queue_key.clone();
@@ -133,7 +160,9 @@ impl State {
         for &id in ids {
             let ok = self.jobs.get(&id).is_some_and(|j| {
                 j.step.agents.queue() == queue
-                    && (j.state == JobState::Scheduled || (j.state == JobState::Reserved && j.reservation.as_ref().is_some_and(|r| r.stack == key)))
+                    && (j.state == JobState::Scheduled
+                        || (j.state == JobState::Reserved
+                            && j.reservation.as_ref().is_some_and(|r| r.stack == key)))
             });
             if !ok {
                 not_reserved.push(id);
@@ -141,12 +170,19 @@ impl State {
             }
             let was = self.job_state(id);
             if let Some(job) = self.jobs.get_mut(&id) {
-                job.reservation = Some(Reservation { stack: key.to_string(), expires_at });
+                job.reservation = Some(Reservation {
+                    stack: key.to_string(),
+                    expires_at,
+                });
             }
             if was == Some(JobState::Reserved) {
                 self.add_deadline(expires_at, id, DeadlineKind::ReservationLapse);
             } else {
-                self.set_state(id, JobState::Reserved, Some(format!("reserved by stack {key}")));
+                self.set_state(
+                    id,
+                    JobState::Reserved,
+                    Some(format!("reserved by stack {key}")),
+                );
             }
             reserved.push(id);
         }
@@ -154,23 +190,45 @@ impl State {
     }
 
     /// Issue job acquisition tokens for jobs this stack reserved (reference §1.7, JAT).
-    pub fn issue_acquisition_tokens(&mut self, key: &str, ids: &[Uuid], lifetime: Duration) -> ApiResult<(Vec<Value>, Vec<Uuid>)> {
+    pub fn issue_acquisition_tokens(
+        &mut self,
+        key: &str,
+        ids: &[Uuid],
+        lifetime: Duration,
+    ) -> ApiResult<(Vec<Value>, Vec<Uuid>)> {
         let now = Self::now();
         self.sweep(now);
         let queue = self.stack(key)?.queue_key.clone();
-        if let Some(foreign) = ids.iter().find(|id| self.jobs.get(id).is_some_and(|j| j.step.agents.queue() != queue)) {
-            return Err(ApiError::forbidden(format!("Job {foreign} is not in this stack's queue {queue:?}")));
+        if let Some(foreign) = ids.iter().find(|id| {
+            self.jobs
+                .get(id)
+                .is_some_and(|j| j.step.agents.queue() != queue)
+        }) {
+            return Err(ApiError::forbidden(format!(
+                "Job {foreign} is not in this stack's queue {queue:?}"
+            )));
         }
-        let expires_at = now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::MAX);
+        let expires_at =
+            now + chrono::Duration::from_std(lifetime).unwrap_or(chrono::Duration::MAX);
         let (mut issued, mut not_issued) = (Vec::new(), Vec::new());
         for &id in ids {
-            let held = self.jobs.get(&id).is_some_and(|j| j.state == JobState::Reserved && j.reservation.as_ref().is_some_and(|r| r.stack == key));
+            let held = self.jobs.get(&id).is_some_and(|j| {
+                j.state == JobState::Reserved
+                    && j.reservation.as_ref().is_some_and(|r| r.stack == key)
+            });
             if !held {
                 not_issued.push(id);
                 continue;
             }
             let token = random_token("bkjat_");
-            self.acquisition_tokens.insert(token.clone(), AcquisitionToken { job_id: id, stack: key.to_string(), expires_at });
+            self.acquisition_tokens.insert(
+                token.clone(),
+                AcquisitionToken {
+                    job_id: id,
+                    stack: key.to_string(),
+                    expires_at,
+                },
+            );
             issued.push(json!({"job_uuid": id, "job_acquisition_token": token, "expires_at": super::json::time(Some(expires_at))}));
         }
         Ok((issued, not_issued))
@@ -178,20 +236,43 @@ impl State {
 
     /// The job a valid, unexpired acquisition token is for.
     pub fn acquisition_token_job(&self, token: &str) -> Option<Uuid> {
-        self.acquisition_tokens.get(token).filter(|t| t.expires_at > Self::now()).map(|t| t.job_id)
+        self.acquisition_tokens
+            .get(token)
+            .filter(|t| t.expires_at > Self::now())
+            .map(|t| t.job_id)
     }
 
     pub fn stack_job(&self, id: Uuid) -> ApiResult<Value> {
-        let job = self.jobs.get(&id).ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))?;
-        Ok(json!({"id": job.id, "state": job.state.as_str(), "env": self.job_env(job, None), "command": job.step.command.clone().unwrap_or_default()}))
+        let job = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))?;
+        Ok(
+            json!({"id": job.id, "state": job.state.as_str(), "env": self.job_env(job, None), "command": job.step.command.clone().unwrap_or_default()}),
+        )
     }
 
     /// The stack could not run the job: it fails with `signal_reason: stack_error`.
-    pub fn stack_finish(&mut self, key: &str, id: Uuid, exit_status: i64, detail: String) -> ApiResult<()> {
+    pub fn stack_finish(
+        &mut self,
+        key: &str,
+        id: Uuid,
+        exit_status: i64,
+        detail: String,
+    ) -> ApiResult<()> {
         self.stack(key)?;
-        let job = self.jobs.get(&id).ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))?;
-        if !matches!(job.state, JobState::Scheduled | JobState::Reserved | JobState::Assigned | JobState::Accepted) {
-            return Err(ApiError::unprocessable(format!("Job {id} can't be finished by a stack because it is {}", job.state)));
+        let job = self
+            .jobs
+            .get(&id)
+            .ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))?;
+        if !matches!(
+            job.state,
+            JobState::Scheduled | JobState::Reserved | JobState::Assigned | JobState::Accepted
+        ) {
+            return Err(ApiError::unprocessable(format!(
+                "Job {id} can't be finished by a stack because it is {}",
+                job.state
+            )));
         }
         let build_id = job.build_id;
         if let Some(job) = self.jobs.get_mut(&id) {
@@ -199,7 +280,11 @@ impl State {
             job.signal_reason = Some("stack_error".to_string());
             job.stack_finish_detail = Some(detail.clone());
         }
-        self.set_state(id, JobState::Failed, Some(format!("finished by stack {key}: {detail}")));
+        self.set_state(
+            id,
+            JobState::Failed,
+            Some(format!("finished by stack {key}: {detail}")),
+        );
         self.settle(build_id);
         Ok(())
     }

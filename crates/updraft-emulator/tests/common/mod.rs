@@ -21,8 +21,13 @@ pub async fn start() -> Harness {
 }
 
 pub async fn start_with(config: EmulatorConfig) -> Harness {
-    let emulator = updraft_emulator::start(config).await.expect("emulator starts");
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let emulator = updraft_emulator::start(config)
+        .await
+        .expect("emulator starts");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
     Harness { emulator, http }
 }
 
@@ -34,17 +39,23 @@ pub struct Agent {
 
 impl Harness {
     pub fn v3(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.emulator.agent_endpoint())).header("authorization", format!("Token {token}"))
+        self.http
+            .request(method, format!("{}{path}", self.emulator.agent_endpoint()))
+            .header("authorization", format!("Token {token}"))
     }
 
     pub fn v2(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}/v2{path}", self.emulator.url()))
-            .header("authorization", format!("Bearer {}", self.emulator.api_token().expose()))
+            .header(
+                "authorization",
+                format!("Bearer {}", self.emulator.api_token().expose()),
+            )
     }
 
     pub fn emu(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}/_emulator{path}", self.emulator.url()))
+        self.http
+            .request(method, format!("{}/_emulator{path}", self.emulator.url()))
     }
 
     pub fn agent_token(&self) -> String {
@@ -63,7 +74,10 @@ impl Harness {
 
     pub async fn create_build(&self, slug: &str) -> Value {
         let response = self
-            .v2(Method::POST, &format!("/organizations/acme/pipelines/{slug}/builds"))
+            .v2(
+                Method::POST,
+                &format!("/organizations/acme/pipelines/{slug}/builds"),
+            )
             .json(&json!({"commit": "HEAD", "branch": "main", "message": "test"}))
             .send()
             .await
@@ -72,7 +86,14 @@ impl Harness {
     }
 
     pub async fn get_build(&self, slug: &str, number: u64) -> Value {
-        let response = self.v2(Method::GET, &format!("/organizations/acme/pipelines/{slug}/builds/{number}")).send().await.unwrap();
+        let response = self
+            .v2(
+                Method::GET,
+                &format!("/organizations/acme/pipelines/{slug}/builds/{number}"),
+            )
+            .send()
+            .await
+            .unwrap();
         expect_json(response, StatusCode::OK).await
     }
 
@@ -88,40 +109,78 @@ impl Harness {
             .await
             .unwrap();
         let body = expect_json(response, StatusCode::OK).await;
-        let agent = Agent { id: body["id"].as_str().unwrap().to_string(), session: body["access_token"].as_str().unwrap().to_string() };
-        let response = self.v3(Method::POST, "/connect", &agent.session).send().await.unwrap();
+        let agent = Agent {
+            id: body["id"].as_str().unwrap().to_string(),
+            session: body["access_token"].as_str().unwrap().to_string(),
+        };
+        let response = self
+            .v3(Method::POST, "/connect", &agent.session)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         agent
     }
 
     /// Acquire `job` with the lock header; returns the Job JSON.
     pub async fn acquire(&self, agent: &Agent, job: &str) -> Response {
-        self.v3(Method::PUT, &format!("/jobs/{job}/acquire"), &agent.session).header("x-buildkite-lock-acquire-job", "1").send().await.unwrap()
-    }
-
-    pub async fn start_job(&self, job: &Value) {
-        let token = job["token"].as_str().unwrap();
-        let id = job["id"].as_str().unwrap();
-        let response = self.v3(Method::PUT, &format!("/jobs/{id}/start"), token).json(&json!({"started_at": "2026-01-01T00:00:00Z"})).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "start: {}", response.text().await.unwrap());
-    }
-
-    pub async fn upload_chunk(&self, job: &Value, sequence: u64, offset: u64, data: &[u8]) -> Response {
-        let token = job["token"].as_str().unwrap();
-        let id = job["id"].as_str().unwrap();
-        self.v3(Method::POST, &format!("/jobs/{id}/chunks?sequence={sequence}&offset={offset}&size={}", data.len()), token)
-            .header("content-type", "text/plain")
-            .header("content-encoding", "gzip")
-            .body(gzip(data))
+        self.v3(Method::PUT, &format!("/jobs/{job}/acquire"), &agent.session)
+            .header("x-buildkite-lock-acquire-job", "1")
             .send()
             .await
             .unwrap()
     }
 
+    pub async fn start_job(&self, job: &Value) {
+        let token = job["token"].as_str().unwrap();
+        let id = job["id"].as_str().unwrap();
+        let response = self
+            .v3(Method::PUT, &format!("/jobs/{id}/start"), token)
+            .json(&json!({"started_at": "2026-01-01T00:00:00Z"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "start: {}",
+            response.text().await.unwrap()
+        );
+    }
+
+    pub async fn upload_chunk(
+        &self,
+        job: &Value,
+        sequence: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Response {
+        let token = job["token"].as_str().unwrap();
+        let id = job["id"].as_str().unwrap();
+        self.v3(
+            Method::POST,
+            &format!(
+                "/jobs/{id}/chunks?sequence={sequence}&offset={offset}&size={}",
+                data.len()
+            ),
+            token,
+        )
+        .header("content-type", "text/plain")
+        .header("content-encoding", "gzip")
+        .body(gzip(data))
+        .send()
+        .await
+        .unwrap()
+    }
+
     pub async fn finish(&self, job: &Value, exit_status: &str) -> Response {
         let token = job["token"].as_str().unwrap();
         let id = job["id"].as_str().unwrap();
-        self.v3(Method::PUT, &format!("/jobs/{id}/finish"), token).json(&json!({"exit_status": exit_status, "chunks_failed_count": 0})).send().await.unwrap()
+        self.v3(Method::PUT, &format!("/jobs/{id}/finish"), token)
+            .json(&json!({"exit_status": exit_status, "chunks_failed_count": 0}))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Register an agent, acquire, start and finish `job` with `exit_status`.
@@ -135,11 +194,21 @@ impl Harness {
     }
 
     pub async fn timeline(&self, job: &str) -> Value {
-        expect_json(self.emu(Method::GET, &format!("/jobs/{job}")).send().await.unwrap(), StatusCode::OK).await
+        expect_json(
+            self.emu(Method::GET, &format!("/jobs/{job}"))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::OK,
+        )
+        .await
     }
 
     pub async fn job_state(&self, job: &str) -> String {
-        self.timeline(job).await["state"].as_str().unwrap().to_string()
+        self.timeline(job).await["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 }
 
@@ -160,7 +229,10 @@ pub async fn expect_json(response: Response, status: StatusCode) -> Value {
 /// Assert an error status with a `{"message"}` body; returns the message.
 pub async fn expect_error(response: Response, status: StatusCode) -> String {
     let body = expect_json(response, status).await;
-    body["message"].as_str().unwrap_or_else(|| panic!("error body has no message: {body}")).to_string()
+    body["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error body has no message: {body}"))
+        .to_string()
 }
 
 /// Poll `check` until it returns true (state changes driven by timers), up to 10 s.
@@ -180,9 +252,21 @@ where
 
 /// Command job ids of a REST build, in step order.
 pub fn script_jobs(build: &Value) -> Vec<String> {
-    build["jobs"].as_array().unwrap().iter().filter(|j| j["type"] == "script").map(|j| j["id"].as_str().unwrap().to_string()).collect()
+    build["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["type"] == "script")
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 pub fn jobs_of_type(build: &Value, kind: &str) -> Vec<String> {
-    build["jobs"].as_array().unwrap().iter().filter(|j| j["type"] == kind).map(|j| j["id"].as_str().unwrap().to_string()).collect()
+    build["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["type"] == kind)
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect()
 }

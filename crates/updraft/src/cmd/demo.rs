@@ -93,6 +93,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let large_log = largest_log(&rest, &pipeline.slug, &builds).await;
     print_summary(&builds, &stack, started.elapsed(), large_log);
+    if args.state_dir.is_some() {
+        println!("  launch directories (output.log of each): {}", stack.launches_dir().display());
+    }
     if args.keep_running {
         println!("serving until Ctrl-C: emulator {} · status {}", stack.emulator.url(), stack.status_url());
         tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
@@ -174,10 +177,11 @@ fn print_summary(builds: &[Build], stack: &setup::Stack, wall: Duration, large_l
         *by_state.entry(job.state.clone().unwrap_or_else(|| "unknown".to_string())).or_default() += 1;
     }
     let count = |state: &str| by_state.get(state).copied().unwrap_or(0);
+    // Jobs behind a `wait` in a canceled build never run (`waiting_failed`, `broken`, …).
     let others: Vec<String> = by_state
         .iter()
         .filter(|(state, _)| !matches!(state.as_str(), "passed" | "failed" | "canceled"))
-        .map(|(state, n)| format!("{state} {n}"))
+        .map(|(state, n)| format!("not run {n} ({state})"))
         .collect();
     let jobs: usize = by_state.values().sum();
     println!();
@@ -202,6 +206,5 @@ fn print_summary(builds: &[Build], stack: &setup::Stack, wall: Duration, large_l
     if let Some((size, job)) = large_log {
         println!("  largest log: {:.1} MB streamed by {job}", size as f64 / 1_000_000.0);
     }
-    println!("  launches ran under {}", stack.launches_dir().display());
-    println!("  status page: {}", stack.status_url());
+    println!("  status page: {} (served until exit; --keep-running keeps it up)", stack.status_url());
 }

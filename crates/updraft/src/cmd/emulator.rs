@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use updraft_emulator::{ApiFaults, EmulatorConfig, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget};
+use updraft_emulator::{
+    ApiFaults, EmulatorConfig, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget,
+};
 use updraft_model::Secret;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -28,19 +30,40 @@ pub struct Args {
     #[arg(long, default_value = "acme")]
     org: String,
     /// Cluster agent token for register, metrics and the Stacks API.
-    #[arg(long, env = "UPDRAFT_EMULATOR_AGENT_TOKEN", default_value = "bkct_emulator_agent_token", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "UPDRAFT_EMULATOR_AGENT_TOKEN",
+        default_value = "bkct_emulator_agent_token",
+        hide_env_values = true
+    )]
     agent_token: String,
     /// REST API token (sent as Bearer).
-    #[arg(long, env = "UPDRAFT_EMULATOR_API_TOKEN", default_value = "bkua_emulator_api_token", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "UPDRAFT_EMULATOR_API_TOKEN",
+        default_value = "bkua_emulator_api_token",
+        hide_env_values = true
+    )]
     api_token: String,
     /// POST webhooks (job.*, build.*) here.
     #[arg(long)]
     webhook_url: Option<String>,
     /// Send this as X-Buildkite-Token on webhooks.
-    #[arg(long, env = "UPDRAFT_EMULATOR_WEBHOOK_TOKEN", conflicts_with = "webhook_secret", requires = "webhook_url", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "UPDRAFT_EMULATOR_WEBHOOK_TOKEN",
+        conflicts_with = "webhook_secret",
+        requires = "webhook_url",
+        hide_env_values = true
+    )]
     webhook_token: Option<String>,
     /// Sign webhooks with X-Buildkite-Signature (HMAC-SHA256) using this secret.
-    #[arg(long, env = "UPDRAFT_EMULATOR_WEBHOOK_SECRET", requires = "webhook_url", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "UPDRAFT_EMULATOR_WEBHOOK_SECRET",
+        requires = "webhook_url",
+        hide_env_values = true
+    )]
     webhook_secret: Option<String>,
     /// POST EventBridge-shaped events ("Job Scheduled", …) here.
     #[arg(long)]
@@ -84,28 +107,44 @@ pub struct Args {
     /// Fraction of push deliveries delayed by --push-delay-ms.
     #[arg(long, default_value_t = 0.0)]
     push_delay: f64,
+    /// How long delayed push deliveries wait, milliseconds.
     #[arg(long, default_value_t = 500)]
     push_delay_ms: u64,
     /// Seed for API and push fault injection.
     #[arg(long, default_value_t = 1)]
     fault_seed: u64,
+    /// Start a workload at start-up from a JSON file (the body of POST /_emulator/workload,
+    /// e.g. a trace of arrivals); give the pipelines it uses with --pipeline.
+    #[arg(long, value_name = "PATH")]
+    workload: Option<PathBuf>,
     /// Create a pipeline at start-up from a YAML file: SLUG=PATH (repeatable).
     #[arg(long = "pipeline", value_name = "SLUG=PATH")]
     pipelines: Vec<String>,
 }
 
 fn fraction(flag: &str, value: f64) -> anyhow::Result<f64> {
-    anyhow::ensure!((0.0..=1.0).contains(&value), "--{flag} must be a fraction from 0 to 1, got {value}");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&value),
+        "--{flag} must be a fraction from 0 to 1, got {value}"
+    );
     Ok(value)
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value).ok().filter(|d| !d.is_zero()).ok_or_else(|| anyhow::anyhow!("--{flag} must be a positive number of seconds, got {value}"))
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            anyhow::anyhow!("--{flag} must be a positive number of seconds, got {value}")
+        })
 }
 
 impl Args {
     fn config(&self) -> anyhow::Result<EmulatorConfig> {
-        anyhow::ensure!(self.ping_interval > 0 && self.heartbeat_interval > 0, "--ping-interval and --heartbeat-interval must be at least 1 second");
+        anyhow::ensure!(
+            self.ping_interval > 0 && self.heartbeat_interval > 0,
+            "--ping-interval and --heartbeat-interval must be at least 1 second"
+        );
         let auth = match (&self.webhook_token, &self.webhook_secret) {
             (_, Some(secret)) => WebhookAuth::Signature(Secret::new(secret.clone())),
             (Some(token), None) => WebhookAuth::Token(Secret::new(token.clone())),
@@ -129,7 +168,10 @@ impl Args {
                 RateLimits::Off => RateLimitConfig::unlimited(),
             },
             push: PushTargets {
-                webhook: self.webhook_url.clone().map(|url| WebhookTarget { url, auth }),
+                webhook: self
+                    .webhook_url
+                    .clone()
+                    .map(|url| WebhookTarget { url, auth }),
                 eventbridge_url: self.eventbridge_url.clone(),
             },
             push_faults: PushFaults {
@@ -139,33 +181,68 @@ impl Args {
                 delay: Duration::from_millis(self.push_delay_ms),
                 seed: self.fault_seed,
             },
-            api_faults: ApiFaults { fraction: fraction("api-fault-fraction", self.api_fault_fraction)?, seed: self.fault_seed },
+            api_faults: ApiFaults {
+                fraction: fraction("api-fault-fraction", self.api_fault_fraction)?,
+                seed: self.fault_seed,
+            },
         })
     }
 
     /// The settings as printed at start-up.
     fn describe(&self) -> BTreeMap<&'static str, String> {
-        let secret = |value: &str| if self.print_tokens { value.to_string() } else { Secret::new(value).redacted() };
-        let optional = |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".to_string());
+        let secret = |value: &str| {
+            if self.print_tokens {
+                value.to_string()
+            } else {
+                Secret::new(value).redacted()
+            }
+        };
+        let optional =
+            |value: &Option<String>| value.clone().unwrap_or_else(|| "(none)".to_string());
         BTreeMap::from([
             ("listen", self.listen.to_string()),
             ("org", self.org.clone()),
             ("agent-token", secret(&self.agent_token)),
             ("api-token", secret(&self.api_token)),
             ("webhook-url", optional(&self.webhook_url)),
-            ("webhook-token", self.webhook_token.as_deref().map_or("(none)".to_string(), secret)),
-            ("webhook-secret", self.webhook_secret.as_deref().map_or("(none)".to_string(), secret)),
+            (
+                "webhook-token",
+                self.webhook_token
+                    .as_deref()
+                    .map_or("(none)".to_string(), secret),
+            ),
+            (
+                "webhook-secret",
+                self.webhook_secret
+                    .as_deref()
+                    .map_or("(none)".to_string(), secret),
+            ),
             ("eventbridge-url", optional(&self.eventbridge_url)),
-            ("rate-limits", format!("{:?}", self.rate_limits).to_lowercase()),
+            (
+                "rate-limits",
+                format!("{:?}", self.rate_limits).to_lowercase(),
+            ),
             ("ping-interval", format!("{}s", self.ping_interval)),
-            ("heartbeat-interval", format!("{}s", self.heartbeat_interval)),
+            (
+                "heartbeat-interval",
+                format!("{}s", self.heartbeat_interval),
+            ),
             ("minute-seconds", self.minute_seconds.to_string()),
             ("job-expiry-seconds", self.job_expiry_seconds.to_string()),
             ("reservation-seconds", self.reservation_seconds.to_string()),
-            ("chunks-max-size-bytes", self.chunks_max_size_bytes.to_string()),
+            (
+                "chunks-max-size-bytes",
+                self.chunks_max_size_bytes.to_string(),
+            ),
             ("max-finished-builds", self.max_finished_builds.to_string()),
             ("api-fault-fraction", self.api_fault_fraction.to_string()),
-            ("push-drop/duplicate/delay", format!("{}/{}/{} ({} ms)", self.push_drop, self.push_duplicate, self.push_delay, self.push_delay_ms)),
+            (
+                "push-drop/duplicate/delay",
+                format!(
+                    "{}/{}/{} ({} ms)",
+                    self.push_drop, self.push_duplicate, self.push_delay, self.push_delay_ms
+                ),
+            ),
             ("fault-seed", self.fault_seed.to_string()),
         ])
     }
@@ -183,13 +260,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
     let mut pipelines = Vec::new();
     for spec in &args.pipelines {
-        let (slug, path) = spec.split_once('=').ok_or_else(|| anyhow::anyhow!("--pipeline {spec:?}: expected SLUG=PATH"))?;
-        let yaml = std::fs::read_to_string(PathBuf::from(path)).map_err(|e| anyhow::anyhow!("--pipeline {spec:?}: reading {path}: {e}"))?;
+        let (slug, path) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--pipeline {spec:?}: expected SLUG=PATH"))?;
+        let yaml = std::fs::read_to_string(PathBuf::from(path))
+            .map_err(|e| anyhow::anyhow!("--pipeline {spec:?}: reading {path}: {e}"))?;
         pipelines.push((slug.to_string(), yaml));
     }
     let emulator = updraft_emulator::start(config).await?;
     for (slug, yaml) in &pipelines {
-        emulator.create_pipeline(slug, yaml).map_err(|e| anyhow::anyhow!("--pipeline {slug}: {e}"))?;
+        emulator
+            .create_pipeline(slug, yaml)
+            .map_err(|e| anyhow::anyhow!("--pipeline {slug}: {e}"))?;
+    }
+    if let Some(path) = &args.workload {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--workload {}: {e}", path.display()))?;
+        let request = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("--workload {}: {e}", path.display()))?;
+        let started = emulator
+            .start_workload(request)
+            .map_err(|e| anyhow::anyhow!("--workload {}: {e}", path.display()))?;
+        tracing::info!(
+            created = started.created.len(),
+            pending = started.pending,
+            "workload started"
+        );
     }
     for (name, value) in args.describe() {
         eprintln!("emulator setting {name:<26} {value}");

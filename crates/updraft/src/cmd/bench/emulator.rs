@@ -39,19 +39,38 @@ impl Phase {
 }
 
 /// Hammer `url` with `concurrency` clients for `duration`; count successes and latencies.
-async fn measure(url: String, authorization: String, concurrency: usize, duration: Duration) -> anyhow::Result<Phase> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).http1_only().build()?;
+async fn measure(
+    url: String,
+    authorization: String,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Phase> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .http1_only()
+        .build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, authorization, stop, errors) = (client.clone(), url.clone(), authorization.clone(), stop.clone(), errors.clone());
+        let (client, url, authorization, stop, errors) = (
+            client.clone(),
+            url.clone(),
+            authorization.clone(),
+            stop.clone(),
+            errors.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let sent = Instant::now();
-                match client.get(&url).header("authorization", &authorization).send().await {
+                match client
+                    .get(&url)
+                    .header("authorization", &authorization)
+                    .send()
+                    .await
+                {
                     Ok(response) if response.status().is_success() => {
                         let _ = response.bytes().await;
                         latencies.push(sent.elapsed());
@@ -72,12 +91,25 @@ async fn measure(url: String, authorization: String, concurrency: usize, duratio
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort();
-    let percentile = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    Ok(Phase { requests: latencies.len() as u64, errors: errors.load(Ordering::Relaxed), seconds, p50_ms: percentile(0.5), p99_ms: percentile(0.99) })
+    let percentile = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(Phase {
+        requests: latencies.len() as u64,
+        errors: errors.load(Ordering::Relaxed),
+        seconds,
+        p50_ms: percentile(0.5),
+        p99_ms: percentile(0.99),
+    })
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(args.duration > 0.0 && args.concurrency > 0, "--duration and --concurrency must be positive");
+    anyhow::ensure!(
+        args.duration > 0.0 && args.concurrency > 0,
+        "--duration and --concurrency must be positive"
+    );
     let duration = Duration::from_secs_f64(args.duration);
     let started = Instant::now();
     let emulator = updraft_emulator::start(EmulatorConfig::default()).await?;
@@ -85,11 +117,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let http = reqwest::Client::new();
     let agent_token = format!("Token {}", emulator.agent_token().expose());
 
-    let steps: String = (0..args.scheduled_jobs.max(1)).map(|i| format!("  - command: echo {i}\n")).collect();
+    let steps: String = (0..args.scheduled_jobs.max(1))
+        .map(|i| format!("  - command: echo {i}\n"))
+        .collect();
     emulator.create_pipeline("bench", &format!("steps:\n{steps}"))?;
     emulator.create_build("bench")?;
-    let stack = http.post(format!("{}/stacks/register", emulator.agent_endpoint())).header("authorization", &agent_token).json(&json!({"key": "bench", "type": "custom", "queue_key": "_default"})).send().await?;
-    anyhow::ensure!(stack.status().is_success(), "registering the bench stack: {}", stack.status());
+    let stack = http
+        .post(format!("{}/stacks/register", emulator.agent_endpoint()))
+        .header("authorization", &agent_token)
+        .json(&json!({"key": "bench", "type": "custom", "queue_key": "_default"}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        stack.status().is_success(),
+        "registering the bench stack: {}",
+        stack.status()
+    );
     let register: serde_json::Value = http
         .post(format!("{}/register", emulator.agent_endpoint()))
         .header("authorization", &agent_token)
@@ -98,10 +141,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .await?
         .json()
         .await?;
-    let session = register["access_token"].as_str().ok_or_else(|| anyhow::anyhow!("register answered without access_token: {register}"))?;
+    let session = register["access_token"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("register answered without access_token: {register}"))?;
 
-    let ping = measure(format!("{}/ping", emulator.agent_endpoint()), format!("Token {session}"), args.concurrency, duration).await?;
-    let scheduled = measure(format!("{}/stacks/bench/scheduled-jobs?limit=100", emulator.agent_endpoint()), agent_token, args.concurrency, duration).await?;
+    let ping = measure(
+        format!("{}/ping", emulator.agent_endpoint()),
+        format!("Token {session}"),
+        args.concurrency,
+        duration,
+    )
+    .await?;
+    let scheduled = measure(
+        format!(
+            "{}/stacks/bench/scheduled-jobs?limit=100",
+            emulator.agent_endpoint()
+        ),
+        agent_token,
+        args.concurrency,
+        duration,
+    )
+    .await?;
     emulator.shutdown().await;
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());

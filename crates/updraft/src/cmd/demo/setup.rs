@@ -14,7 +14,7 @@ use updraft_model::Secret;
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
 
 /// Fleets of the demo: (name and queue, most launches at once).
-const FLEETS: [(&str, u32); 2] = [("linux", 6), ("arm", 3)];
+const FLEETS: [(&str, u32); 2] = [("linux", 8), ("arm", 4)];
 /// How long `stop` waits for launches still ending (e.g. agents finishing a canceled job).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 

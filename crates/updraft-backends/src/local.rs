@@ -246,8 +246,19 @@ impl Inner {
         let dir = LaunchDir::new(self.launches_dir.join(spec.name.as_str()));
         match fs::create_dir(&dir.path) {
             Ok(()) => {}
-            // Made by another process sharing the state dir; the name is taken all the same.
-            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => return Ok(None),
+            // On disk but not in the table (a delete that could not remove it, or another
+            // process sharing the state dir): the name is taken, and `list` must show it.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                match recover_launch(&spec.name, dir) {
+                    Ok(tracked) => {
+                        table.insert(spec.name.clone(), tracked);
+                    }
+                    Err(error) => {
+                        tracing::warn!(launch = %spec.name, %error, "cannot read a launch directory")
+                    }
+                }
+                return Ok(None);
+            }
             Err(error) => {
                 return Err(unavailable(format!(
                     "cannot create {}: {error}",
@@ -602,13 +613,22 @@ impl Backend for LocalBackend {
         // still carries the launch's marker; the group id alone is not proof once its leader
         // is gone.
         process::signal_each(&process::processes_marked(name.as_str()), Signal::SIGKILL);
-        match fs::remove_dir_all(&dir.path) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(unavailable(format!(
-                "cannot remove {}: {error}",
-                dir.path.display()
-            ))),
+        // A process killed a moment ago may still create a file while the tree is removed;
+        // a second attempt, once it is gone, finishes the job.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match fs::remove_dir_all(&dir.path) {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(_) if attempts < 3 => tokio::time::sleep(SWEEP_INTERVAL).await,
+                Err(error) => {
+                    return Err(unavailable(format!(
+                        "cannot remove {}: {error}",
+                        dir.path.display()
+                    )))
+                }
+            }
         }
     }
 }

@@ -458,4 +458,19 @@ async fn a_launch_interrupted_before_its_process_started_is_reported_and_can_be_
         finished(&backend, &launch.name).await,
         LaunchPhase::Succeeded
     );
+
+    // A directory that appears after start-up (another process on the same state dir) takes
+    // the name too, and is listed.
+    let late = spec("linux", "true");
+    std::fs::create_dir_all(state.path().join("launches").join(late.name.as_str()))
+        .expect("late dir");
+    assert_eq!(
+        backend.launch(&late).await.expect("launch"),
+        LaunchOutcome::AlreadyExists
+    );
+    let reason = failure_reason(phase_of(&backend, &late.name).await.expect("listed"));
+    assert!(
+        reason.contains("interrupted before its process started"),
+        "{reason}"
+    );
 }

@@ -91,11 +91,7 @@ impl QueueMetrics {
 
 /// Busy agents as a whole percentage of all agents, as buildkite-agent-metrics computes it.
 pub fn busy_percentage(counts: &AgentCounts) -> u64 {
-    if counts.total == 0 {
-        0
-    } else {
-        counts.busy * 100 / counts.total
-    }
+    (counts.busy * 100).checked_div(counts.total).unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]

@@ -80,8 +80,13 @@ pub struct PushConfig {
     /// A separate listener for the push routes; `None` serves them on `[http] listen`.
     pub listen: Option<SocketAddr>,
     /// The shared webhook token (also the HMAC key for signed webhooks). Without one the
-    /// push routes refuse everything.
+    /// push routes refuse everything but, if allowed below, unsigned EventBridge events.
     pub webhook_token: Option<Secret>,
+    /// Accept EventBridge events that carry no credentials (an EventBridge rule target has
+    /// none unless an API destination adds one). A forged event can only make the scheduler
+    /// try to reserve a job id, which succeeds only for a job Buildkite really has scheduled
+    /// on our queue.
+    pub allow_unsigned_eventbridge: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -305,6 +310,16 @@ impl<'e> Fields<'e> {
             self.error(key, format!("expected a whole number ≥ 0, got {value}"));
             None
         })
+    }
+
+    fn boolean(&mut self, key: &str) -> Option<bool> {
+        match self.table.remove(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                self.error(key, format!("expected true or false, got {}", describe(&other)));
+                None
+            }
+        }
     }
 
     fn millis(&mut self, key: &str) -> Option<Duration> {
@@ -571,8 +586,9 @@ fn read_push(table: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Op
     let mut f = Fields::new("push", table, errors);
     let listen = f.socket_addr("listen");
     let webhook_token = secret(&mut f, "webhook_token", env, None);
+    let allow_unsigned_eventbridge = f.boolean("allow_unsigned_eventbridge").unwrap_or(false);
     f.finish();
-    Some(PushConfig { listen, webhook_token: webhook_token? })
+    Some(PushConfig { listen, webhook_token: webhook_token?, allow_unsigned_eventbridge })
 }
 
 fn read_http(table: Table, errors: &mut Vec<ConfigError>) -> Option<HttpConfig> {

@@ -98,9 +98,9 @@ fn awaiting_agent(state: JobState) -> bool {
     matches!(state, JobState::Scheduled | JobState::Reserved)
 }
 
-/// The actions for one pass. `policies` is keyed by fleet name; a job of a fleet no longer
-/// configured gets default deadlines and no relaunches: it is still reconciled, never
-/// forgotten.
+/// The actions for one pass. `policies` is keyed by fleet name. A job of a fleet no longer
+/// configured is still reconciled with default deadlines, but never launched again: where
+/// it would be, it is finished with that reason instead.
 pub fn decide(observed: &[Observed], strays: &[Stray], policies: &HashMap<String, FleetPolicy>, now_ms: i64) -> Vec<Action> {
     let fallback = FleetPolicy {
         pending_deadline: Duration::from_secs(300),
@@ -109,8 +109,18 @@ pub fn decide(observed: &[Observed], strays: &[Stray], policies: &HashMap<String
     };
     let mut actions = Vec::new();
     for item in observed {
-        let policy = policies.get(&item.job.fleet).unwrap_or(&fallback);
-        decide_job(item, policy, now_ms, &mut actions);
+        match policies.get(&item.job.fleet) {
+            Some(policy) => decide_job(item, policy, now_ms, &mut actions),
+            None => {
+                let mut own = Vec::new();
+                decide_job(item, &fallback, now_ms, &mut own);
+                let reason = format!("fleet {} is no longer configured", item.job.fleet);
+                actions.extend(own.into_iter().map(|action| match action {
+                    Action::Launch { job } | Action::Relaunch { job, .. } => Action::Finish { job, reason: reason.clone() },
+                    other => other,
+                }));
+            }
+        }
     }
     for stray in strays {
         let alive = stray.state.is_some_and(|s| !s.is_terminal());
@@ -357,6 +367,16 @@ mod tests {
         );
         assert_eq!(decide(&[], &[stray(None, LaunchPhase::Succeeded)], &policies, NOW), vec![Action::Delete { job: ID }]);
         assert!(decide(&[], &[stray(Some(JobState::Running), LaunchPhase::Running)], &policies, NOW).is_empty());
+    }
+
+    #[test]
+    fn a_job_of_a_removed_fleet_is_finished_not_launched() {
+        let mut orphan = job(Stage::Reserved, 0);
+        orphan.fleet = "gone".into();
+        assert_eq!(
+            decide(&[Observed { job: orphan, state: Some(JobState::Reserved), launch: None }], &[], &policies(), NOW),
+            vec![Action::Finish { job: ID, reason: "fleet gone is no longer configured".into() }]
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 use support::{acquires, config_text, emulator, wait_until, AgentBackend};
 use updraft_backends::{Backend, LaunchName};
 use updraft_emulator::{EmulatorHandle, PushFaults, PushTargets, WebhookAuth, WebhookTarget};
+use updraft_buildkite::stacks::{RegisterStack, StacksClient};
 use updraft_model::{JobState, Secret};
+use updraft_scheduler::ledger::{Ledger, NewReservation};
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
 use uuid::Uuid;
 
@@ -148,17 +150,17 @@ async fn push_and_pull_together_never_launch_a_job_twice() {
     scheduler.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn push_alone_launches_every_job() {
+/// Start with pull effectively off (its only poll runs at start-up, before any job exists),
+/// point the emulator's push at the scheduler, and check every job comes in by push.
+async fn push_alone_launches_every_job(extra: &str, targets: impl Fn(&SchedulerHandle) -> PushTargets) {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(100)));
-    // The only poll runs at start-up, before any job exists; everything after comes by push.
-    let text = config_text(&emulator, dir.path(), THREE_FLEETS, PUSH);
+    let text = config_text(&emulator, dir.path(), THREE_FLEETS, extra);
     let env = vec![("UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(), "3600000".to_string())];
     let config = Config::parse_with_env(&text, env).unwrap();
     let scheduler = Scheduler::start(config, backends(&backend)).await.unwrap();
-    push_to(&emulator, &scheduler, "hook-secret");
+    emulator.set_push_targets(targets(&scheduler));
     emulator.create_pipeline("push", &pipeline_yaml(9)).unwrap();
     let jobs = command_jobs(&emulator, &emulator.create_build("push").unwrap().job_ids);
     wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
@@ -167,6 +169,27 @@ async fn push_alone_launches_every_job() {
     assert_eq!(stats.pickups.len(), jobs.len());
     assert!(stats.pickups.iter().all(|p| p.source == updraft_scheduler::Source::Push));
     scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_webhooks_alone_launch_every_job() {
+    push_alone_launches_every_job(PUSH, |scheduler| PushTargets {
+        webhook: Some(WebhookTarget {
+            url: format!("http://{}/webhooks/buildkite", scheduler.push_addr()),
+            auth: WebhookAuth::Signature(Secret::new("hook-secret")),
+        }),
+        eventbridge_url: None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventbridge_events_alone_launch_every_job() {
+    push_alone_launches_every_job("[push]\nallow_unsigned_eventbridge = true\n", |scheduler| PushTargets {
+        webhook: None,
+        eventbridge_url: Some(format!("http://{}/events/eventbridge", scheduler.push_addr())),
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,6 +240,32 @@ async fn a_restart_on_the_same_ledger_converges_without_a_second_launch() {
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     wait_until(LIMIT, "finished launches deleted", || backend.live() == 0).await;
     second.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_reserved_before_a_crash_are_launched_on_start_up() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(100)));
+    emulator.create_pipeline("crash", "steps:\n  - command: \"true\"\n    agents: {queue: mac}\n    parallelism: 2\n").unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("crash").unwrap().job_ids);
+    let [reserved, not_yet] = [jobs[0], jobs[1]];
+    // A previous process wrote both jobs to the ledger, then died: one reserve call landed,
+    // the other never did.
+    let stacks = StacksClient::new(&emulator.agent_endpoint(), &emulator.agent_token(), "test-mac", Default::default()).unwrap();
+    stacks
+        .register(&RegisterStack { key: "test-mac".into(), stack_type: "custom".into(), queue_key: "mac".into(), metadata: Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(stacks.batch_reserve(&[reserved], None).await.unwrap().reserved, vec![reserved]);
+    let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
+    let row = |id| NewReservation { id, fleet: "mac".into(), queue: "mac".into(), priority: 0, scheduled_at_ms: 0, source: "pull", expires_at_ms: 0 };
+    ledger.record_reserved(&[row(reserved), row(not_yet)]).unwrap();
+    drop(ledger);
+    let scheduler = start(&emulator, dir.path(), &backend, "").await;
+    wait_until(LIMIT, "both jobs passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    scheduler.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

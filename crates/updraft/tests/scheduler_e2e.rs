@@ -362,6 +362,20 @@ async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
     scheduler.shutdown().await.expect("clean shutdown");
 }
 
+#[test]
+fn the_sample_fleet_config_checks_out() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/fleets.toml");
+    let output = std::process::Command::new(UPDRAFT)
+        .args(["check", "--config", sample])
+        .env("BUILDKITE_AGENT_TOKEN", "bkct_sample")
+        .env("UPDRAFT_WEBHOOK_TOKEN", "sample-webhook-token")
+        .output()
+        .expect("run updraft check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("fleet linux:") && stdout.contains("fleet arm-docker:"), "{stdout}");
+}
+
 /// `updraft run --config FILE` as a child process, its stderr appended to a log file.
 struct SchedulerProcess {
     child: tokio::process::Child,

@@ -40,6 +40,10 @@ pub struct Caller {
     pub ip: String,
 }
 
+/// Disconnected agents kept for REST `GET agents/{id}`; older ones are forgotten, so a
+/// stream of one-job agents does not grow memory without bound.
+const MAX_GONE_AGENTS: usize = 10_000;
+
 /// How many jobs at the head of the scheduled list a ping looks at.
 const PING_SCAN_LIMIT: usize = 1000;
 
@@ -89,6 +93,7 @@ impl State {
             paused: false,
             heartbeats: 0,
             pings: 0,
+            session_token: token.clone(),
         };
         self.agents.insert(id, agent);
         self.agent_order.push(id);
@@ -133,6 +138,10 @@ impl State {
     pub fn disconnect_agent(&mut self, id: Uuid) -> ApiResult<()> {
         let now = Self::now();
         let agent = self.agent_mut(id)?;
+        let already_gone = matches!(
+            agent.connection_state,
+            ConnectionState::Disconnected | ConnectionState::Stopped
+        );
         agent.connection_state = if agent.connection_state == ConnectionState::Stopping {
             ConnectionState::Stopped
         } else {
@@ -143,6 +152,10 @@ impl State {
             agent.stopped_at = Some(now);
         }
         let held = agent.job_id.take();
+        if !already_gone {
+            self.gone_agents.push_back(id);
+            self.forget_gone_agents();
+        }
         // A job handed out by ping but never accepted goes back to the queue.
         if let Some(job_id) = held.filter(|j| self.job_state(*j) == Some(JobState::Assigned)) {
             if let Some(job) = self.jobs.get_mut(&job_id) {
@@ -155,6 +168,24 @@ impl State {
             );
         }
         Ok(())
+    }
+
+    fn forget_gone_agents(&mut self) {
+        if self.gone_agents.len() <= MAX_GONE_AGENTS {
+            return;
+        }
+        // Forget a tenth at once so the O(n) clean-up of `agent_order` runs rarely.
+        let mut forgotten = std::collections::HashSet::new();
+        while self.gone_agents.len() > MAX_GONE_AGENTS * 9 / 10 {
+            let Some(id) = self.gone_agents.pop_front() else {
+                break;
+            };
+            if let Some(agent) = self.agents.remove(&id) {
+                self.sessions.remove(&agent.session_token);
+                forgotten.insert(id);
+            }
+        }
+        self.agent_order.retain(|id| !forgotten.contains(id));
     }
 
     pub fn heartbeat(&mut self, id: Uuid, sent_at: Option<String>) -> ApiResult<Value> {

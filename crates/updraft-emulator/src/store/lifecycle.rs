@@ -528,9 +528,6 @@ impl State {
                 build.started_at.get_or_insert(now);
             }
         }
-        if new == JobState::Canceled && old == JobState::Assigned {
-            release_agent = self.jobs.get(&job_id).and_then(|j| j.agent_id);
-        }
         if let Some(agent) = release_agent.and_then(|id| self.agents.get_mut(&id)) {
             if agent.job_id == Some(job_id) {
                 agent.job_id = None;

@@ -106,6 +106,8 @@ pub struct State {
     pub deadlines: BTreeSet<(Time, Uuid, DeadlineKind)>,
     pub agents: HashMap<Uuid, Agent>,
     pub agent_order: Vec<Uuid>,
+    /// Disconnected or stopped agents, oldest first; forgotten beyond a cap.
+    pub gone_agents: VecDeque<Uuid>,
     pub sessions: HashMap<String, Uuid>,
     pub job_tokens: HashMap<String, Uuid>,
     pub acquisition_tokens: HashMap<String, AcquisitionToken>,
@@ -142,6 +144,7 @@ impl State {
             deadlines: BTreeSet::new(),
             agents: HashMap::new(),
             agent_order: Vec::new(),
+            gone_agents: VecDeque::new(),
             sessions: HashMap::new(),
             job_tokens: HashMap::new(),
             acquisition_tokens: HashMap::new(),

@@ -242,6 +242,7 @@ pub struct Agent {
     pub paused: bool,
     pub heartbeats: u64,
     pub pings: u64,
+    pub session_token: String,
 }
 
 #[derive(Debug, Clone)]

@@ -4,8 +4,6 @@
 //! and that records every launch, stop and delete so tests can count them. Plus helpers to
 //! start an emulator and write a scheduler config for it.
 
-#![allow(dead_code)]
-
 use async_trait::async_trait;
 use chrono::Utc;
 use reqwest::Method;
@@ -24,7 +22,6 @@ struct Launch {
     phase: LaunchPhase,
     started_at: chrono::DateTime<Utc>,
     stop: Arc<tokio::sync::Notify>,
-    stopped: bool,
 }
 
 #[derive(Default)]
@@ -171,7 +168,6 @@ impl Backend for AgentBackend {
                     phase: LaunchPhase::Running,
                     started_at: Utc::now(),
                     stop: stop.clone(),
-                    stopped: false,
                 },
             );
         }
@@ -196,7 +192,6 @@ impl Backend for AgentBackend {
         let mut book = self.book.lock().unwrap();
         book.stops.push(name.clone());
         if let Some(launch) = book.live.get_mut(name) {
-            launch.stopped = true;
             launch.stop.notify_one();
         }
         Ok(())

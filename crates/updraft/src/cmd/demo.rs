@@ -93,8 +93,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let large_log = largest_log(&rest, &pipeline.slug, &builds).await;
     print_summary(&builds, &stack, started.elapsed(), large_log);
-    if args.state_dir.is_some() {
-        println!("  launch directories (output.log of each): {}", stack.launches_dir().display());
+    if let Some(dir) = &args.state_dir {
+        println!("  ledger and launch state kept in {}", dir.display());
     }
     if args.keep_running {
         println!("serving until Ctrl-C: emulator {} · status {}", stack.emulator.url(), stack.status_url());

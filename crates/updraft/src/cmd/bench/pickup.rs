@@ -13,18 +13,20 @@ use anyhow::Context;
 use emulator_process::EmulatorProcess;
 use noop::NoopBackend;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use updraft_backends::Backend;
+use updraft_backends::{Backend, LaunchName};
 use updraft_buildkite::rest::{CreateBuild, CreatePipeline, RestClient};
 use updraft_buildkite::ClientOptions;
 use updraft_model::Secret;
 use updraft_scheduler::stats::quantile;
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle, Source};
 
+/// Jobs run before measuring, to warm connections and the ledger.
+const WARM_UP_JOBS: usize = 5;
 /// The queue and fleet every benchmark job goes to.
 const QUEUE: &str = "bench";
 /// Most jobs one step may fan out to (`parallelism`).
@@ -58,10 +60,9 @@ pub async fn pickup(args: PickupArgs) -> anyhow::Result<ExitCode> {
     let bench = Bench::start("pickup", &single_job_pipeline()).await?;
     let mut launched = bench.backend.launched();
     // Warm up connections and the ledger; these jobs are not counted.
-    for _ in 0..5 {
+    for _ in 0..WARM_UP_JOBS {
         bench.run_one_build(&mut launched).await?;
     }
-    let warm = bench.scheduler.stats().pickups.len();
 
     for _ in 0..args.push_samples {
         bench.run_one_build(&mut launched).await?;
@@ -72,7 +73,21 @@ pub async fn pickup(args: PickupArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..200))).await;
         bench.run_one_build(&mut launched).await?;
     }
-    let pickups = bench.scheduler.stats().pickups.split_off(warm);
+    let warm_up: HashSet<_> = bench.backend.launch_order().iter().take(WARM_UP_JOBS).map(LaunchName::job_id).collect();
+    let total = WARM_UP_JOBS + args.push_samples + args.pull_samples;
+    // The scheduler records a pickup just after the launch returns; wait for the last one.
+    let recorded = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let pickups = bench.scheduler.stats().pickups;
+            if pickups.len() >= total {
+                return pickups;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .context("the scheduler did not record every pickup")?;
+    let pickups: Vec<_> = recorded.into_iter().filter(|p| !warm_up.contains(&p.job)).collect();
     bench.stop().await;
 
     let figures_for = |source: Source| {

@@ -54,10 +54,6 @@ impl Stack {
         format!("http://{}/status", self.scheduler.http_addr())
     }
 
-    pub fn launches_dir(&self) -> PathBuf {
-        self.state.path.join("local").join("launches")
-    }
-
     /// Let launches still ending finish, then stop the scheduler and the emulator.
     pub async fn stop(self) {
         let give_up = tokio::time::Instant::now() + DRAIN_TIMEOUT;

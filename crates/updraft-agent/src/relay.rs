@@ -4,6 +4,27 @@
 //! and uploads the log with retries, watches for cancellation and finishes the job. On
 //! cancellation the caller's command sees `stop_switch().requested()` and should stop the
 //! sandbox; if it has not ended after the grace period the job is finished as `SIGKILL`.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! # use updraft_agent::{CommandOutcome, RelayExecutor};
+//! # async fn relay(session: updraft_buildkite::agent_api::AgentSession, job_id: &str) -> anyhow::Result<()> {
+//! let job = session.acquire(job_id).await?;
+//! let executor = RelayExecutor::new(session.job_client(&job)?, &job, Duration::from_secs(1), Duration::from_secs(10));
+//! let stop = executor.stop_switch();
+//! let (mut sandbox_output, log) = tokio::io::duplex(64 * 1024);
+//! let command = async move {
+//!     // Launch the sandbox here, copy its output into `sandbox_output`, and on
+//!     // `stop.requested()` stop it; return how it ended.
+//!     tokio::select! {
+//!         _ = tokio::io::AsyncWriteExt::write_all(&mut sandbox_output, b"built\n") => CommandOutcome::Exited(0),
+//!         _ = stop.requested() => CommandOutcome::Signaled("SIGTERM".into()),
+//!     }
+//! };
+//! let report = executor.run(log, command).await?;
+//! println!("finished with {}", report.exit_status);
+//! # Ok(()) }
+//! ```
 
 use crate::driver::{drive, CommandOutcome, DriveError, DriveOptions, JobReport, StopSwitch};
 use std::future::Future;

@@ -81,8 +81,13 @@ impl QueueMetrics {
 
     /// Every queue named in either the agent or the job counts.
     pub fn queue_names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> =
-            self.agents.queues.keys().chain(self.jobs.queues.keys()).map(String::as_str).collect();
+        let mut names: Vec<&str> = self
+            .agents
+            .queues
+            .keys()
+            .chain(self.jobs.queues.keys())
+            .map(String::as_str)
+            .collect();
         names.sort_unstable();
         names.dedup();
         names
@@ -107,8 +112,14 @@ pub struct MetricsClient {
 }
 
 impl MetricsClient {
-    pub fn new(endpoint: &str, agent_token: &Secret, options: ClientOptions) -> Result<Self, ApiError> {
-        Ok(MetricsClient { api: ApiClient::new(endpoint, agent_token, AuthScheme::Token, options)? })
+    pub fn new(
+        endpoint: &str,
+        agent_token: &Secret,
+        options: ClientOptions,
+    ) -> Result<Self, ApiError> {
+        Ok(MetricsClient {
+            api: ApiClient::new(endpoint, agent_token, AuthScheme::Token, options)?,
+        })
     }
 
     /// All queues of the token's cluster.
@@ -118,7 +129,12 @@ impl MetricsClient {
 
     /// One queue.
     pub async fn queue(&self, name: &str) -> Result<MetricsReading, ApiError> {
-        self.fetch(self.api.request(Method::GET, "metrics/queue").query(&[("name", name)])).await
+        self.fetch(
+            self.api
+                .request(Method::GET, "metrics/queue")
+                .query(&[("name", name)]),
+        )
+        .await
     }
 
     async fn fetch(&self, request: reqwest::RequestBuilder) -> Result<MetricsReading, ApiError> {
@@ -131,7 +147,10 @@ impl MetricsClient {
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(Duration::from_secs_f64);
         let metrics = decode_json(response).await?;
-        Ok(MetricsReading { metrics, min_poll_interval })
+        Ok(MetricsReading {
+            metrics,
+            min_poll_interval,
+        })
     }
 }
 

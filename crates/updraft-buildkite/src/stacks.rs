@@ -215,17 +215,30 @@ struct Pacer {
 impl Pacer {
     fn wait_for(&self, scope: Scope) -> Option<Duration> {
         let map = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&scope).and_then(|at| at.checked_duration_since(Instant::now()))
+        map.get(&scope)
+            .and_then(|at| at.checked_duration_since(Instant::now()))
     }
 
     fn learn(&self, scope: Scope, response: &Response) {
-        let header = |name: &str| response.headers().get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        };
         let remaining = header("ratelimit-remaining");
         let reset = header("ratelimit-reset").filter(|s| s.is_finite() && *s >= 0.0);
         if let (Some(remaining), Some(reset)) = (remaining, reset) {
             if remaining <= 0.0 {
                 let mut map = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
-                map.insert(scope, Instant::now() + Duration::from_secs_f64(reset.min(60.0)));
+                map.insert(
+                    scope,
+                    Instant::now() + Duration::from_secs_f64(reset.min(60.0)),
+                );
             }
         }
     }
@@ -240,16 +253,27 @@ pub struct StacksClient {
 }
 
 fn segment(raw: &str) -> String {
-    url::form_urlencoded::byte_serialize(raw.as_bytes()).collect::<String>().replace('.', "%2E")
+    url::form_urlencoded::byte_serialize(raw.as_bytes())
+        .collect::<String>()
+        .replace('.', "%2E")
 }
 
 impl StacksClient {
-    pub fn new(endpoint: &str, agent_token: &Secret, stack_key: &str, options: ClientOptions) -> Result<Self, ApiError> {
+    pub fn new(
+        endpoint: &str,
+        agent_token: &Secret,
+        stack_key: &str,
+        options: ClientOptions,
+    ) -> Result<Self, ApiError> {
         if stack_key.trim().is_empty() {
             return Err(ApiError::Config("stack key must not be empty".into()));
         }
         let api = ApiClient::new(endpoint, agent_token, AuthScheme::Token, options)?;
-        Ok(StacksClient { api, key: stack_key.to_string(), pacer: Default::default() })
+        Ok(StacksClient {
+            api,
+            key: stack_key.to_string(),
+            pacer: Default::default(),
+        })
     }
 
     pub fn key(&self) -> &str {
@@ -264,7 +288,11 @@ impl StacksClient {
         format!("stacks/{}/{rest}", segment(&self.key))
     }
 
-    async fn call(&self, scope: Scope, request: reqwest::RequestBuilder) -> Result<Response, ApiError> {
+    async fn call(
+        &self,
+        scope: Scope,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Response, ApiError> {
         if let Some(wait) = self.pacer.wait_for(scope) {
             tokio::time::sleep(wait).await;
         }
@@ -285,26 +313,42 @@ impl StacksClient {
 
     /// One page of a queue's scheduled jobs, oldest first; pass the previous page's
     /// `end_cursor` as `after` to continue.
-    pub async fn scheduled_jobs(&self, queue_key: &str, limit: u32, after: Option<&str>) -> Result<ScheduledJobsPage, ApiError> {
+    pub async fn scheduled_jobs(
+        &self,
+        queue_key: &str,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<ScheduledJobsPage, ApiError> {
         let limit = limit.clamp(1, MAX_PAGE_LIMIT).to_string();
         let mut query = vec![("queue_key", queue_key), ("limit", limit.as_str())];
         if let Some(after) = after {
             query.push(("after", after));
         }
-        let request = self.api.request(Method::GET, &self.path("scheduled-jobs")).query(&query);
+        let request = self
+            .api
+            .request(Method::GET, &self.path("scheduled-jobs"))
+            .query(&query);
         decode_json(self.call(Scope::ListScheduledJobs, request).await?).await
     }
 
     /// Reserve jobs for this stack; more than `MAX_BATCH` are sent in several calls.
-    pub async fn batch_reserve(&self, jobs: &[Uuid], expiry: Option<Duration>) -> Result<Reservation, ApiError> {
+    pub async fn batch_reserve(
+        &self,
+        jobs: &[Uuid],
+        expiry: Option<Duration>,
+    ) -> Result<Reservation, ApiError> {
         let mut all = Reservation::default();
         for chunk in jobs.chunks(MAX_BATCH) {
             let mut body = serde_json::json!({ "job_uuids": chunk });
             if let Some(expiry) = expiry {
                 body["reservation_expiry_seconds"] = expiry.as_secs().clamp(1, 3600).into();
             }
-            let request = self.api.request(Method::PUT, &self.path("scheduled-jobs/batch-reserve")).json(&body);
-            let part: Reservation = decode_json(self.call(Scope::BatchReserve, request).await?).await?;
+            let request = self
+                .api
+                .request(Method::PUT, &self.path("scheduled-jobs/batch-reserve"))
+                .json(&body);
+            let part: Reservation =
+                decode_json(self.call(Scope::BatchReserve, request).await?).await?;
             all.reserved.extend(part.reserved);
             all.not_reserved.extend(part.not_reserved);
         }
@@ -313,20 +357,30 @@ impl StacksClient {
 
     /// Job acquisition tokens for reserved jobs: issue them right before starting each
     /// workload, and never start one for a job in `not_issued`.
-    pub async fn issue_job_acquisition_tokens(&self, jobs: &[Uuid], lifetime: Duration) -> Result<IssuedTokens, ApiError> {
+    pub async fn issue_job_acquisition_tokens(
+        &self,
+        jobs: &[Uuid],
+        lifetime: Duration,
+    ) -> Result<IssuedTokens, ApiError> {
         let mut all = IssuedTokens::default();
         for chunk in jobs.chunks(MAX_BATCH) {
             let body = serde_json::json!({ "job_uuids": chunk, "token_lifetime_seconds": lifetime.as_secs().max(1) });
-            let request = self.api.request(Method::POST, &self.path("job-acquisition-tokens")).json(&body);
+            let request = self
+                .api
+                .request(Method::POST, &self.path("job-acquisition-tokens"))
+                .json(&body);
             let part: IssuedTokens = decode_json(self.call(Scope::Default, request).await?).await?;
-            all.job_acquisition_tokens.extend(part.job_acquisition_tokens);
+            all.job_acquisition_tokens
+                .extend(part.job_acquisition_tokens);
             all.not_issued.extend(part.not_issued);
         }
         Ok(all)
     }
 
     pub async fn job(&self, job: Uuid) -> Result<StackJob, ApiError> {
-        let request = self.api.request(Method::GET, &self.path(&format!("jobs/{job}")));
+        let request = self
+            .api
+            .request(Method::GET, &self.path(&format!("jobs/{job}")));
         decode_json(self.call(Scope::ShowJob, request).await?).await
     }
 
@@ -334,8 +388,12 @@ impl StacksClient {
         let mut all = JobStates::default();
         for chunk in jobs.chunks(MAX_BATCH) {
             let body = serde_json::json!({ "job_uuids": chunk });
-            let request = self.api.request(Method::POST, &self.path("jobs/get-states")).json(&body);
-            let raw: RawStates = decode_json(self.call(Scope::BatchLoadJobStates, request).await?).await?;
+            let request = self
+                .api
+                .request(Method::POST, &self.path("jobs/get-states"))
+                .json(&body);
+            let raw: RawStates =
+                decode_json(self.call(Scope::BatchLoadJobStates, request).await?).await?;
             for (id, state) in raw.states {
                 match (id.parse::<Uuid>(), state.parse::<JobState>()) {
                     (Ok(id), Ok(state)) => {
@@ -351,23 +409,40 @@ impl StacksClient {
     }
 
     /// Finish a job the stack cannot run; the detail is shown in the build.
-    pub async fn finish_job(&self, job: Uuid, exit_status: i32, detail: &str) -> Result<(), ApiError> {
+    pub async fn finish_job(
+        &self,
+        job: Uuid,
+        exit_status: i32,
+        detail: &str,
+    ) -> Result<(), ApiError> {
         let detail = truncate(detail, MAX_FINISH_DETAIL);
         let body = serde_json::json!({ "exit_status": exit_status, "detail": detail });
-        let request = self.api.request(Method::POST, &self.path(&format!("jobs/{job}/finish"))).json(&body);
+        let request = self
+            .api
+            .request(Method::POST, &self.path(&format!("jobs/{job}/finish")))
+            .json(&body);
         self.call(Scope::FinishJob, request).await.map(drop)
     }
 
     /// Post notifications (details cut to 256 bytes); returns the server's per-index errors.
-    pub async fn notify(&self, notifications: &[Notification]) -> Result<NotificationResult, ApiError> {
+    pub async fn notify(
+        &self,
+        notifications: &[Notification],
+    ) -> Result<NotificationResult, ApiError> {
         let mut all = NotificationResult::default();
         for (chunk_index, chunk) in notifications.chunks(MAX_BATCH).enumerate() {
             let trimmed: Vec<Notification> = chunk
                 .iter()
-                .map(|n| Notification { detail: truncate(&n.detail, MAX_NOTIFICATION_DETAIL).to_string(), ..n.clone() })
+                .map(|n| Notification {
+                    detail: truncate(&n.detail, MAX_NOTIFICATION_DETAIL).to_string(),
+                    ..n.clone()
+                })
                 .collect();
             let body = serde_json::json!({ "notifications": trimmed });
-            let request = self.api.request(Method::POST, &self.path("notifications")).json(&body);
+            let request = self
+                .api
+                .request(Method::POST, &self.path("notifications"))
+                .json(&body);
             let response = self.call(Scope::StackNotification, request).await?;
             let bytes = response.bytes().await.unwrap_or_default();
             let part: NotificationResult = serde_json::from_slice(&bytes).unwrap_or_default();

@@ -74,7 +74,9 @@ fn count(world: &World) -> (BTreeMap<String, Agents>, BTreeMap<String, Jobs>) {
             JobState::Accepted | JobState::Running | JobState::Canceling | JobState::TimingOut => {
                 entry.running += 1
             }
-            JobState::Waiting | JobState::Pending | JobState::Blocked => entry.waiting += 1,
+            JobState::Waiting | JobState::Pending | JobState::Blocked | JobState::Limited => {
+                entry.waiting += 1
+            }
             _ => {}
         }
     }

@@ -34,6 +34,9 @@ pub struct StepSpec {
     pub skip: bool,
     /// `branches:` patterns (`*` wildcards, `!` negates); empty means every branch.
     pub branches: Vec<String>,
+    /// `concurrency_group` and its `concurrency` limit: at most that many of the group's jobs
+    /// are scheduled or running at once, the rest wait as `limited`.
+    pub concurrency: Option<(String, u32)>,
 }
 
 impl StepSpec {
@@ -65,6 +68,7 @@ impl StepSpec {
             continue_on_failure: false,
             skip: false,
             branches: Vec::new(),
+            concurrency: None,
         }
     }
 }
@@ -378,6 +382,24 @@ fn parse_step(
             )
         })? as u32;
     }
+    step.concurrency = match (map.get("concurrency_group"), map.get("concurrency")) {
+        (None, None) => None,
+        (Some(group), Some(limit)) => {
+            let group = string(&format!("{path}.concurrency_group"), group)?;
+            let limit = limit
+                .as_u64()
+                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX));
+            let limit = limit
+                .ok_or_else(|| err(&format!("{path}.concurrency"), "must be a positive integer"))?;
+            Some((group, limit as u32))
+        }
+        _ => {
+            return Err(err(
+                path,
+                "`concurrency` and `concurrency_group` go together; give both",
+            ))
+        }
+    };
     if let Some(v) = map.get("timeout_in_minutes").filter(|v| !v.is_null()) {
         let n = v.as_u64().filter(|n| *n >= 1);
         step.timeout_in_minutes = Some(n.ok_or_else(|| {

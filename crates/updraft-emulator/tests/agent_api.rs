@@ -598,3 +598,66 @@ async fn root_and_streaming_pings_answer_like_buildkite() {
         .unwrap();
     expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await;
 }
+
+#[tokio::test]
+async fn more_wrong_states_are_422() {
+    let h = start().await;
+    h.create_pipeline("p", ONE_STEP).await;
+    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
+    let first = h.register(&[]).await;
+    let second = h.register(&[]).await;
+    let ping = expect_json(
+        h.v3(Method::GET, "/ping", &first.session)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ping["job"]["id"], job_id.as_str());
+    let response = h
+        .v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/accept"),
+            &second.session,
+        )
+        .send()
+        .await
+        .unwrap();
+    let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(message.contains("another agent"), "{message}");
+    h.emu(Method::POST, &format!("/jobs/{job_id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    let response = h
+        .v3(
+            Method::PUT,
+            &format!("/jobs/{job_id}/accept"),
+            &first.session,
+        )
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    expect_error(
+        h.acquire(&second, &job_id).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(
+        h.v3(Method::POST, "/disconnect", &first.session)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let response = h
+        .v3(Method::POST, "/connect", &first.session)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(h.job_state(&job_id).await, "canceled");
+}

@@ -530,3 +530,41 @@ async fn steps_filtered_out_by_branches_are_broken_and_do_not_fail_the_build() {
     h.run_job(&jobs[1], "0").await;
     assert_eq!(h.get_build("p", 1).await["state"], "passed");
 }
+
+#[tokio::test]
+async fn concurrency_groups_limit_jobs_across_builds() {
+    let h = start().await;
+    h.create_pipeline(
+        "deploy",
+        "steps:\n  - command: deploy\n    concurrency: 1\n    concurrency_group: prod\n",
+    )
+    .await;
+    let first = script_jobs(&h.create_build("deploy").await);
+    let second = script_jobs(&h.create_build("deploy").await);
+    let third = script_jobs(&h.create_build("deploy").await);
+    assert_eq!(h.job_state(&first[0]).await, "scheduled");
+    assert_eq!(h.job_state(&second[0]).await, "limited");
+    assert_eq!(h.job_state(&third[0]).await, "limited");
+    let agent = h.register(&[]).await;
+    assert_eq!(
+        h.acquire(&agent, &second[0]).await.status(),
+        StatusCode::LOCKED
+    );
+    h.v2(
+        Method::PUT,
+        "/organizations/acme/pipelines/deploy/builds/3/cancel",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(h.job_state(&third[0]).await, "canceled");
+    h.run_job(&first[0], "0").await;
+    assert_eq!(
+        h.job_state(&second[0]).await,
+        "scheduled",
+        "the oldest limited job takes the free slot"
+    );
+    let response = h.v2(Method::POST, "/organizations/acme/pipelines").json(&json!({"name": "bad", "configuration": "steps:\n  - command: x\n    concurrency: 1\n"})).send().await.unwrap();
+    let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(message.contains("concurrency_group"), "{message}");
+}

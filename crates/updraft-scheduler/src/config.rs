@@ -39,7 +39,11 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        writeln!(f, "{n} error{} in the configuration:", if n == 1 { "" } else { "s" })?;
+        writeln!(
+            f,
+            "{n} error{} in the configuration:",
+            if n == 1 { "" } else { "s" }
+        )?;
         for error in &self.0 {
             writeln!(f, "  {error}")?;
         }
@@ -185,7 +189,10 @@ impl Config {
     /// Parse TOML text, then apply `UPDRAFT_<SECTION>_<KEY>` overrides from `env` (only the
     /// single-table sections: buildkite, push, http, ledger, limits, reconcile, local).
     /// `*_env` settings (e.g. `agent_token_env`) are looked up in `env` too.
-    pub fn parse_with_env(text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigErrors> {
+    pub fn parse_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigErrors> {
         Config::parse_checked(text, env, &[])
     }
 
@@ -197,7 +204,10 @@ impl Config {
         backends: &[&str],
     ) -> Result<Config, ConfigErrors> {
         let mut root: Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![ConfigError { path: "(file)".into(), message: format!("not valid TOML: {}", e.message()) }])
+            ConfigErrors(vec![ConfigError {
+                path: "(file)".into(),
+                message: format!("not valid TOML: {}", e.message()),
+            }])
         })?;
         let env: BTreeMap<String, String> = env.into_iter().collect();
         let mut errors = Vec::new();
@@ -212,28 +222,54 @@ impl Config {
 
     /// Every queue some fleet serves, in order.
     pub fn queues(&self) -> Vec<String> {
-        self.fleets.iter().map(|f| f.queue.clone()).collect::<BTreeSet<_>>().into_iter().collect()
+        self.fleets
+            .iter()
+            .map(|f| f.queue.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 }
 
-const SECTIONS: [&str; 7] = ["buildkite", "push", "http", "ledger", "limits", "reconcile", "local"];
+const SECTIONS: [&str; 7] = [
+    "buildkite",
+    "push",
+    "http",
+    "ledger",
+    "limits",
+    "reconcile",
+    "local",
+];
 
 fn apply_env(root: &mut Table, env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) {
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("UPDRAFT_") else { continue };
+        let Some(rest) = name.strip_prefix("UPDRAFT_") else {
+            continue;
+        };
         let lower = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS.iter().find(|s| lower.starts_with(&format!("{s}_"))) else { continue };
+        let Some(section) = SECTIONS
+            .iter()
+            .find(|s| lower.starts_with(&format!("{s}_")))
+        else {
+            continue;
+        };
         let key = &lower[section.len() + 1..];
         let value = format!("v = {raw}")
             .parse::<Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| Value::String(raw.clone()));
-        match root.entry(section.to_string()).or_insert_with(|| Value::Table(Table::new())) {
+        match root
+            .entry(section.to_string())
+            .or_insert_with(|| Value::Table(Table::new()))
+        {
             Value::Table(table) => {
                 table.insert(key.to_string(), value);
             }
-            _ => errors.push(ConfigError { path: format!("{section} (from {name})"), message: "expected a table".into() }),
+            _ => errors.push(ConfigError {
+                path: format!("{section} (from {name})"),
+                message: "expected a table".into(),
+            }),
         }
     }
 }
@@ -248,7 +284,11 @@ struct Fields<'e> {
 
 impl<'e> Fields<'e> {
     fn new(path: &str, table: Table, errors: &'e mut Vec<ConfigError>) -> Self {
-        Fields { path: path.to_string(), table, errors }
+        Fields {
+            path: path.to_string(),
+            table,
+            errors,
+        }
     }
 
     fn at(&self, key: &str) -> String {
@@ -261,7 +301,10 @@ impl<'e> Fields<'e> {
 
     fn error(&mut self, key: &str, message: impl Into<String>) {
         let path = self.at(key);
-        self.errors.push(ConfigError { path, message: message.into() });
+        self.errors.push(ConfigError {
+            path,
+            message: message.into(),
+        });
     }
 
     fn string(&mut self, key: &str) -> Option<String> {
@@ -287,7 +330,10 @@ impl<'e> Fields<'e> {
         match self.table.remove(key)? {
             Value::Integer(i) => Some(i),
             other => {
-                self.error(key, format!("expected an integer, got {}", describe(&other)));
+                self.error(
+                    key,
+                    format!("expected an integer, got {}", describe(&other)),
+                );
                 None
             }
         }
@@ -316,7 +362,10 @@ impl<'e> Fields<'e> {
         match self.table.remove(key)? {
             Value::Boolean(b) => Some(b),
             other => {
-                self.error(key, format!("expected true or false, got {}", describe(&other)));
+                self.error(
+                    key,
+                    format!("expected true or false, got {}", describe(&other)),
+                );
                 None
             }
         }
@@ -327,7 +376,10 @@ impl<'e> Fields<'e> {
         match u64::try_from(value) {
             Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
             _ => {
-                self.error(key, format!("expected a positive number of milliseconds, got {value}"));
+                self.error(
+                    key,
+                    format!("expected a positive number of milliseconds, got {value}"),
+                );
                 None
             }
         }
@@ -341,14 +393,26 @@ impl<'e> Fields<'e> {
             other => Err(describe(&other)),
         };
         parsed
-            .map_err(|got| self.error(key, format!("expected a positive duration like \"90s\", \"5m\" or \"2h\", got {got}")))
+            .map_err(|got| {
+                self.error(
+                    key,
+                    format!(
+                        "expected a positive duration like \"90s\", \"5m\" or \"2h\", got {got}"
+                    ),
+                )
+            })
             .ok()
     }
 
     fn socket_addr(&mut self, key: &str) -> Option<SocketAddr> {
         let raw = self.string(key)?;
         raw.parse()
-            .map_err(|_| self.error(key, format!("expected an address like \"127.0.0.1:7070\", got {raw:?}")))
+            .map_err(|_| {
+                self.error(
+                    key,
+                    format!("expected an address like \"127.0.0.1:7070\", got {raw:?}"),
+                )
+            })
             .ok()
     }
 
@@ -359,15 +423,19 @@ impl<'e> Fields<'e> {
                 for (i, item) in items.into_iter().enumerate() {
                     match item {
                         Value::String(s) => out.push(s),
-                        other => {
-                            self.error(&format!("{key}[{i}]"), format!("expected a string, got {}", describe(&other)))
-                        }
+                        other => self.error(
+                            &format!("{key}[{i}]"),
+                            format!("expected a string, got {}", describe(&other)),
+                        ),
                     }
                 }
                 Some(out)
             }
             other => {
-                self.error(key, format!("expected an array of strings, got {}", describe(&other)));
+                self.error(
+                    key,
+                    format!("expected an array of strings, got {}", describe(&other)),
+                );
                 None
             }
         }
@@ -382,13 +450,19 @@ impl<'e> Fields<'e> {
                         Value::String(s) => {
                             out.insert(k, s);
                         }
-                        other => self.error(&format!("{key}.{k}"), format!("expected a string, got {}", describe(&other))),
+                        other => self.error(
+                            &format!("{key}.{k}"),
+                            format!("expected a string, got {}", describe(&other)),
+                        ),
                     }
                 }
                 Some(out)
             }
             other => {
-                self.error(key, format!("expected a table of strings, got {}", describe(&other)));
+                self.error(
+                    key,
+                    format!("expected a table of strings, got {}", describe(&other)),
+                );
                 None
             }
         }
@@ -407,8 +481,15 @@ impl<'e> Fields<'e> {
 
     fn finish(self) {
         for key in self.table.keys() {
-            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
-            self.errors.push(ConfigError { path, message: "unknown key".into() });
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            self.errors.push(ConfigError {
+                path,
+                message: "unknown key".into(),
+            });
         }
     }
 }
@@ -441,7 +522,12 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 
 type EnvLookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
-fn read_root(root: Table, env: &EnvLookup, backends: &[&str], errors: &mut Vec<ConfigError>) -> Option<Config> {
+fn read_root(
+    root: Table,
+    env: &EnvLookup,
+    backends: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
     let mut top = Fields::new("", root, errors);
     let buildkite = top.table("buildkite");
     let push = top.table("push");
@@ -462,13 +548,19 @@ fn read_root(root: Table, env: &EnvLookup, backends: &[&str], errors: &mut Vec<C
             .filter_map(|(i, item)| match item {
                 Value::Table(t) => Some(t),
                 other => {
-                    top.error(&format!("fleet[{i}]"), format!("expected a table, got {}", describe(&other)));
+                    top.error(
+                        &format!("fleet[{i}]"),
+                        format!("expected a table, got {}", describe(&other)),
+                    );
                     None
                 }
             })
             .collect(),
         Some(other) => {
-            top.error("fleet", format!("expected [[fleet]] tables, got {}", describe(&other)));
+            top.error(
+                "fleet",
+                format!("expected [[fleet]] tables, got {}", describe(&other)),
+            );
             Vec::new()
         }
     };
@@ -492,7 +584,10 @@ fn read_root(root: Table, env: &EnvLookup, backends: &[&str], errors: &mut Vec<C
         if !seen.insert(fleet.name.clone()) {
             errors.push(ConfigError {
                 path: format!("fleet[{i}].name"),
-                message: format!("{:?} is used by an earlier fleet; names must be unique", fleet.name),
+                message: format!(
+                    "{:?} is used by an earlier fleet; names must be unique",
+                    fleet.name
+                ),
             });
         }
     }
@@ -509,7 +604,12 @@ fn read_root(root: Table, env: &EnvLookup, backends: &[&str], errors: &mut Vec<C
 }
 
 /// A secret given inline (`<key>`) or by environment variable name (`<key>_env`).
-fn secret(fields: &mut Fields, key: &str, env: &EnvLookup, default_env: Option<&str>) -> Option<Option<Secret>> {
+fn secret(
+    fields: &mut Fields,
+    key: &str,
+    env: &EnvLookup,
+    default_env: Option<&str>,
+) -> Option<Option<Secret>> {
     let inline = fields.string(key);
     let env_key = format!("{key}_env");
     let env_name = fields.non_empty_string(&env_key);
@@ -526,19 +626,35 @@ fn secret(fields: &mut Fields, key: &str, env: &EnvLookup, default_env: Option<&
         (None, Some(name)) => match env(&name).filter(|v| !v.is_empty()) {
             Some(value) => Some(Some(Secret::new(value))),
             None => {
-                fields.error(&env_key, format!("environment variable {name} is not set or empty"));
+                fields.error(
+                    &env_key,
+                    format!("environment variable {name} is not set or empty"),
+                );
                 None
             }
         },
-        (None, None) => Some(default_env.and_then(|name| env(name).filter(|v| !v.is_empty())).map(Secret::new)),
+        (None, None) => Some(
+            default_env
+                .and_then(|name| env(name).filter(|v| !v.is_empty()))
+                .map(Secret::new),
+        ),
     }
 }
 
-fn read_buildkite(table: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Option<BuildkiteConfig> {
+fn read_buildkite(
+    table: Table,
+    env: &EnvLookup,
+    errors: &mut Vec<ConfigError>,
+) -> Option<BuildkiteConfig> {
     let mut f = Fields::new("buildkite", table, errors);
-    let endpoint = f.non_empty_string("endpoint").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let endpoint = f
+        .non_empty_string("endpoint")
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
     if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        f.error("endpoint", format!("expected an http:// or https:// URL, got {endpoint:?}"));
+        f.error(
+            "endpoint",
+            format!("expected an http:// or https:// URL, got {endpoint:?}"),
+        );
     }
     let agent_token = match secret(&mut f, "agent_token", env, Some(DEFAULT_AGENT_TOKEN_ENV)) {
         Some(Some(token)) => Some(token),
@@ -551,24 +667,41 @@ fn read_buildkite(table: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) 
         }
         None => None,
     };
-    let stack_key = f.non_empty_string("stack_key").unwrap_or_else(|| "updraft".to_string());
+    let stack_key = f
+        .non_empty_string("stack_key")
+        .unwrap_or_else(|| "updraft".to_string());
     let poll_interval = f.millis("poll_interval_ms").unwrap_or(MIN_POLL_INTERVAL);
     if poll_interval < MIN_POLL_INTERVAL {
         f.error(
             "poll_interval_ms",
-            format!("expected at least 1000 (the Stacks API asks for ≥ 1 s between polls), got {}", poll_interval.as_millis()),
+            format!(
+                "expected at least 1000 (the Stacks API asks for ≥ 1 s between polls), got {}",
+                poll_interval.as_millis()
+            ),
         );
     }
     let page_limit = f.positive("page_limit").unwrap_or(1000);
     if page_limit > 1000 {
-        f.error("page_limit", format!("expected at most 1000, got {page_limit}"));
+        f.error(
+            "page_limit",
+            format!("expected at most 1000, got {page_limit}"),
+        );
     }
-    let reservation_expiry = f.duration("reservation_expiry").unwrap_or(Duration::from_secs(900));
+    let reservation_expiry = f
+        .duration("reservation_expiry")
+        .unwrap_or(Duration::from_secs(900));
     if reservation_expiry > Duration::from_secs(3600) {
-        f.error("reservation_expiry", "expected at most 1h (the Stacks API maximum)");
+        f.error(
+            "reservation_expiry",
+            "expected at most 1h (the Stacks API maximum)",
+        );
     }
-    let token_lifetime = f.duration("token_lifetime").unwrap_or(Duration::from_secs(600));
-    let metrics_interval = f.duration("metrics_interval").unwrap_or(Duration::from_secs(30));
+    let token_lifetime = f
+        .duration("token_lifetime")
+        .unwrap_or(Duration::from_secs(600));
+    let metrics_interval = f
+        .duration("metrics_interval")
+        .unwrap_or(Duration::from_secs(30));
     f.finish();
     Some(BuildkiteConfig {
         endpoint,
@@ -588,7 +721,11 @@ fn read_push(table: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Op
     let webhook_token = secret(&mut f, "webhook_token", env, None);
     let allow_unsigned_eventbridge = f.boolean("allow_unsigned_eventbridge").unwrap_or(false);
     f.finish();
-    Some(PushConfig { listen, webhook_token: webhook_token?, allow_unsigned_eventbridge })
+    Some(PushConfig {
+        listen,
+        webhook_token: webhook_token?,
+        allow_unsigned_eventbridge,
+    })
 }
 
 fn read_http(table: Table, errors: &mut Vec<ConfigError>) -> Option<HttpConfig> {
@@ -598,16 +735,23 @@ fn read_http(table: Table, errors: &mut Vec<ConfigError>) -> Option<HttpConfig> 
     f.finish();
     match listen {
         Some(listen) => Some(HttpConfig { listen }),
-        None if !has_listen => DEFAULT_HTTP_LISTEN.parse().ok().map(|listen| HttpConfig { listen }),
+        None if !has_listen => DEFAULT_HTTP_LISTEN
+            .parse()
+            .ok()
+            .map(|listen| HttpConfig { listen }),
         None => None,
     }
 }
 
 fn read_ledger(table: Table, errors: &mut Vec<ConfigError>) -> Option<LedgerConfig> {
     let mut f = Fields::new("ledger", table, errors);
-    let path = f.non_empty_string("path").unwrap_or_else(|| DEFAULT_LEDGER_PATH.to_string());
+    let path = f
+        .non_empty_string("path")
+        .unwrap_or_else(|| DEFAULT_LEDGER_PATH.to_string());
     f.finish();
-    Some(LedgerConfig { path: PathBuf::from(path) })
+    Some(LedgerConfig {
+        path: PathBuf::from(path),
+    })
 }
 
 fn read_limits(table: Table, errors: &mut Vec<ConfigError>) -> Option<LimitsConfig> {
@@ -626,18 +770,34 @@ fn read_reconcile(table: Table, errors: &mut Vec<ConfigError>) -> Option<Reconci
 
 fn read_local(table: Table, errors: &mut Vec<ConfigError>) -> Option<LocalConfig> {
     let mut f = Fields::new("local", table, errors);
-    let state_dir = f.non_empty_string("state_dir").unwrap_or_else(|| DEFAULT_LOCAL_STATE_DIR.to_string());
+    let state_dir = f
+        .non_empty_string("state_dir")
+        .unwrap_or_else(|| DEFAULT_LOCAL_STATE_DIR.to_string());
     let stop_grace = f.duration("stop_grace").unwrap_or(Duration::from_secs(10));
     f.finish();
-    Some(LocalConfig { state_dir: PathBuf::from(state_dir), stop_grace })
+    Some(LocalConfig {
+        state_dir: PathBuf::from(state_dir),
+        stop_grace,
+    })
 }
 
-fn read_fleet(index: usize, table: Table, backends: &[&str], errors: &mut Vec<ConfigError>) -> Option<FleetConfig> {
+fn read_fleet(
+    index: usize,
+    table: Table,
+    backends: &[&str],
+    errors: &mut Vec<ConfigError>,
+) -> Option<FleetConfig> {
     let mut f = Fields::new(&format!("fleet[{index}]"), table, errors);
     let name = f.non_empty_string("name");
     if let Some(name) = &name {
-        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            f.error("name", format!("expected letters, digits, '-' or '_', got {name:?}"));
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            f.error(
+                "name",
+                format!("expected letters, digits, '-' or '_', got {name:?}"),
+            );
         }
     }
     let queue = f.non_empty_string("queue");
@@ -647,12 +807,14 @@ fn read_fleet(index: usize, table: Table, backends: &[&str], errors: &mut Vec<Co
         Ok(tags) => Some(tags),
         Err(e) => {
             let (path, message) = match &e {
-                RuleError::NotKeyValue { field, value } => {
-                    (field.clone(), format!("{value:?} is not a key=value pair (expected e.g. \"queue=linux\")"))
-                }
-                RuleError::EmptyKey { field, value } => {
-                    (field.clone(), format!("{value:?} has an empty key (expected e.g. \"queue=linux\")"))
-                }
+                RuleError::NotKeyValue { field, value } => (
+                    field.clone(),
+                    format!("{value:?} is not a key=value pair (expected e.g. \"queue=linux\")"),
+                ),
+                RuleError::EmptyKey { field, value } => (
+                    field.clone(),
+                    format!("{value:?} has an empty key (expected e.g. \"queue=linux\")"),
+                ),
             };
             f.errors.push(ConfigError { path, message });
             None
@@ -665,16 +827,27 @@ fn read_fleet(index: usize, table: Table, backends: &[&str], errors: &mut Vec<Co
         tags.0.retain(|(k, _)| k != "queue");
         tags.0.insert(0, ("queue".to_string(), queue.clone()));
     }
-    let backend = f.non_empty_string("backend").unwrap_or_else(|| "local".to_string());
+    let backend = f
+        .non_empty_string("backend")
+        .unwrap_or_else(|| "local".to_string());
     if !backends.is_empty() && !backends.contains(&backend.as_str()) {
-        f.error("backend", format!("unknown backend {backend:?}; available: {}", backends.join(", ")));
+        f.error(
+            "backend",
+            format!(
+                "unknown backend {backend:?}; available: {}",
+                backends.join(", ")
+            ),
+        );
     }
     let template_table = f.table("template");
     let template = read_template(&f.at("template"), template_table, f.errors);
     let mode = match f.string("mode").as_deref() {
         None | Some("acquire") => Some(Mode::Acquire),
         Some(other @ ("relay" | "pool")) => {
-            f.error("mode", format!("{other:?} is not supported yet; only \"acquire\" is"));
+            f.error(
+                "mode",
+                format!("{other:?} is not supported yet; only \"acquire\" is"),
+            );
             None
         }
         Some(other) => {
@@ -683,18 +856,27 @@ fn read_fleet(index: usize, table: Table, backends: &[&str], errors: &mut Vec<Co
         }
     };
     let has_max_in_flight = f.table.contains_key("max_in_flight");
-    let max_in_flight = f.positive("max_in_flight").or(if has_max_in_flight { None } else { Some(10) });
+    let max_in_flight =
+        f.positive("max_in_flight")
+            .or(if has_max_in_flight { None } else { Some(10) });
     let launches_per_minute = f.positive("launches_per_minute");
     let priority = match f.string("priority").as_deref() {
         None | Some("job") => Some(PriorityOrder::JobPriority),
         Some("fifo") => Some(PriorityOrder::Fifo),
         Some(other) => {
-            f.error("priority", format!("expected \"job\" or \"fifo\", got {other:?}"));
+            f.error(
+                "priority",
+                format!("expected \"job\" or \"fifo\", got {other:?}"),
+            );
             None
         }
     };
-    let pending_deadline = f.duration("pending_deadline").unwrap_or(Duration::from_secs(300));
-    let running_deadline = f.duration("running_deadline").unwrap_or(Duration::from_secs(3 * 3600));
+    let pending_deadline = f
+        .duration("pending_deadline")
+        .unwrap_or(Duration::from_secs(300));
+    let running_deadline = f
+        .duration("running_deadline")
+        .unwrap_or(Duration::from_secs(3 * 3600));
     let relaunch_budget = f.non_negative("relaunch_budget").unwrap_or(1);
     f.finish();
     Some(FleetConfig {
@@ -715,9 +897,11 @@ fn read_fleet(index: usize, table: Table, backends: &[&str], errors: &mut Vec<Co
 
 fn read_template(path: &str, table: Table, errors: &mut Vec<ConfigError>) -> Option<Template> {
     let mut f = Fields::new(path, table, errors);
-    let command = f
-        .strings("command")
-        .unwrap_or_else(|| ["updraft", "agent", "start", "--acquire-job", "{job_id}"].map(String::from).to_vec());
+    let command = f.strings("command").unwrap_or_else(|| {
+        ["updraft", "agent", "start", "--acquire-job", "{job_id}"]
+            .map(String::from)
+            .to_vec()
+    });
     if command.is_empty() {
         f.error("command", "expected at least the program to run, got []");
     }
@@ -781,7 +965,9 @@ mod tests {
         ] {
             assert!(lines.iter().any(|l| l == expected), "missing {expected:?} in {lines:#?}");
         }
-        assert!(lines.iter().any(|l| l.starts_with("fleet[1].pending_deadline: expected a positive duration")));
+        assert!(lines
+            .iter()
+            .any(|l| l.starts_with("fleet[1].pending_deadline: expected a positive duration")));
     }
 
     #[test]
@@ -805,9 +991,15 @@ mod tests {
     #[test]
     fn environment_overrides_sections() {
         let env = vec![
-            ("UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(), "2500".to_string()),
+            (
+                "UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(),
+                "2500".to_string(),
+            ),
             ("UPDRAFT_HTTP_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-            ("UPDRAFT_LEDGER_PATH".to_string(), "/tmp/x.sqlite".to_string()),
+            (
+                "UPDRAFT_LEDGER_PATH".to_string(),
+                "/tmp/x.sqlite".to_string(),
+            ),
             ("UNRELATED".to_string(), "1".to_string()),
         ];
         let config = Config::parse_with_env(MINIMAL, env).unwrap();
@@ -820,17 +1012,26 @@ mod tests {
     fn queue_tag_is_added_and_extra_tags_kept() {
         let text = format!("{MINIMAL}\ntags = [\"docker=true\"]\n");
         let config = Config::parse(&text).unwrap();
-        assert_eq!(config.fleets[0].tags.to_strings(), vec!["queue=linux", "docker=true"]);
+        assert_eq!(
+            config.fleets[0].tags.to_strings(),
+            vec!["queue=linux", "docker=true"]
+        );
     }
 
     #[test]
     fn the_example_config_is_valid() {
-        let env = vec![("BUILDKITE_AGENT_TOKEN".to_string(), "bkct_x".to_string()), ("UPDRAFT_WEBHOOK_TOKEN".to_string(), "w".to_string())];
+        let env = vec![
+            ("BUILDKITE_AGENT_TOKEN".to_string(), "bkct_x".to_string()),
+            ("UPDRAFT_WEBHOOK_TOKEN".to_string(), "w".to_string()),
+        ];
         let text = include_str!("../updraft.example.toml");
         let config = Config::parse_checked(text, env, &["local"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.fleets.len(), 2);
         assert_eq!(config.fleets[0].launches_per_minute, Some(600));
-        assert_eq!(config.fleets[0].template.env["BUILDKITE_BUILD_PATH"], "/tmp/builds");
+        assert_eq!(
+            config.fleets[0].template.env["BUILDKITE_BUILD_PATH"],
+            "/tmp/builds"
+        );
         assert_eq!(config.queues(), vec!["linux"]);
     }
 

@@ -7,13 +7,13 @@ use crate::config::{Config, FleetConfig};
 use crate::ledger::{now_ms, Ledger, LedgerJob};
 use crate::limiter::Limiter;
 use crate::router::{route, Route};
+use crate::stackset::StackSet;
 use crate::stats::{Source, Stats};
 use crate::telemetry::{labels, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch, Notify};
 use updraft_backends::Backend;
-use crate::stackset::StackSet;
 use updraft_buildkite::stacks::Notification;
 use updraft_model::QueryRules;
 use uuid::Uuid;
@@ -108,7 +108,12 @@ impl Core {
             ledger,
             fleet_backends,
             backends,
-            state: Mutex::new(State { jobs: HashMap::new(), limiter, launching: HashSet::new(), notified: HashMap::new() }),
+            state: Mutex::new(State {
+                jobs: HashMap::new(),
+                limiter,
+                launching: HashSet::new(),
+                notified: HashMap::new(),
+            }),
             wake_dispatch: Notify::new(),
             wake_reconcile: Notify::new(),
             to_reserve,
@@ -120,7 +125,14 @@ impl Core {
             stop: watch::channel(false).0,
             ready: watch::channel(false).0,
         };
-        (core, Inboxes { to_reserve: reserve_rx, to_launch: launch_rx, to_notify: notify_rx })
+        (
+            core,
+            Inboxes {
+                to_reserve: reserve_rx,
+                to_launch: launch_rx,
+                to_notify: notify_rx,
+            },
+        )
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -172,24 +184,44 @@ impl Core {
                     continue;
                 }
                 fresh += 1;
-                self.telemetry.jobs_seen.get_or_create(&labels(&[("source", candidate.source.as_str())])).inc();
+                self.telemetry
+                    .jobs_seen
+                    .get_or_create(&labels(&[("source", candidate.source.as_str())]))
+                    .inc();
                 let (fleet, queue, reason) = match &candidate.rules {
                     Ok(rules) => match route(&self.config.fleets, rules) {
                         Route::Fleet(index) => (Some(index), rules.queue().to_string(), None),
                         Route::Unserved(reason) => (None, rules.queue().to_string(), Some(reason)),
                     },
-                    Err(problem) => (None, String::new(), Some(format!("unreadable agent_query_rules: {problem}"))),
+                    Err(problem) => (
+                        None,
+                        String::new(),
+                        Some(format!("unreadable agent_query_rules: {problem}")),
+                    ),
                 };
                 let phase = match fleet {
                     Some(index) => {
-                        state.limiter.enqueue(index, candidate.id, candidate.priority, candidate.scheduled_at_ms);
+                        state.limiter.enqueue(
+                            index,
+                            candidate.id,
+                            candidate.priority,
+                            candidate.scheduled_at_ms,
+                        );
                         Phase::Waiting
                     }
                     None => Phase::Unserved,
                 };
                 if let Some(reason) = &reason {
-                    if state.notified.insert(candidate.id, reason.clone()).as_ref() != Some(reason) {
-                        notes.push((queue.clone(), Notification { job_uuid: candidate.id, detail: reason.clone(), timestamp: None }));
+                    if state.notified.insert(candidate.id, reason.clone()).as_ref() != Some(reason)
+                    {
+                        notes.push((
+                            queue.clone(),
+                            Notification {
+                                job_uuid: candidate.id,
+                                detail: reason.clone(),
+                                timestamp: None,
+                            },
+                        ));
                     }
                 }
                 state.jobs.insert(
@@ -250,7 +282,9 @@ impl Core {
         if let Some(tracked) = state.jobs.remove(&job) {
             if let (Some(index), Phase::Owned) = (tracked.fleet, &tracked.phase) {
                 state.limiter.release(index);
-                self.stats.in_flight.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats
+                    .in_flight
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         state.notified.remove(&job);
@@ -267,7 +301,10 @@ impl Core {
             .jobs
             .iter()
             .filter(|(id, t)| {
-                t.queue == queue && t.phase != Phase::Owned && t.seen_at_ms < poll_started_ms && !listed.contains(id)
+                t.queue == queue
+                    && t.phase != Phase::Owned
+                    && t.seen_at_ms < poll_started_ms
+                    && !listed.contains(id)
             })
             .map(|(id, t)| (*id, t.fleet))
             .collect();

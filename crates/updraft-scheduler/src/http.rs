@@ -32,11 +32,20 @@ async fn metrics(State(core): State<Arc<Core>>) -> Response {
     let loads = core.state().limiter.loads();
     for load in loads {
         let fleet = labels(&[("fleet", &load.name)]);
-        core.telemetry.in_flight.get_or_create(&fleet).set(load.in_flight as i64);
-        core.telemetry.waiting.get_or_create(&fleet).set(load.waiting as i64);
+        core.telemetry
+            .in_flight
+            .get_or_create(&fleet)
+            .set(load.in_flight as i64);
+        core.telemetry
+            .waiting
+            .get_or_create(&fleet)
+            .set(load.waiting as i64);
     }
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         core.telemetry.encode(),
     )
         .into_response()

@@ -149,26 +149,44 @@ CREATE TABLE IF NOT EXISTS transitions (
 impl Ledger {
     pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
         let shown = path.display().to_string();
-        let err = |detail: String| LedgerError { path: shown.clone(), detail };
+        let err = |detail: String| LedgerError {
+            path: shown.clone(),
+            detail,
+        };
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| err(format!("creating its directory: {e}")))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err(format!("creating its directory: {e}")))?;
         }
         let conn = Connection::open(path).map_err(|e| err(format!("opening: {e}")))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(format!("enabling WAL: {e}")))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| err(format!("enabling WAL: {e}")))?;
         // WAL with synchronous=NORMAL survives a process crash (our failure model); only a
         // power loss can drop the last commits, and the reconciler recovers those from
         // Buildkite's reservations and the backend's launches.
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(format!("setting synchronous: {e}")))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| err(format!("setting busy timeout: {e}")))?;
-        conn.execute_batch(SCHEMA).map_err(|e| err(format!("creating tables: {e}")))?;
-        Ok(Ledger { conn: Mutex::new(conn), path: shown })
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| err(format!("setting synchronous: {e}")))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| err(format!("setting busy timeout: {e}")))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| err(format!("creating tables: {e}")))?;
+        Ok(Ledger {
+            conn: Mutex::new(conn),
+            path: shown,
+        })
     }
 
     fn fail(&self, what: &str, e: rusqlite::Error) -> LedgerError {
-        LedgerError { path: self.path.clone(), detail: format!("{what}: {e}") }
+        LedgerError {
+            path: self.path.clone(),
+            detail: format!("{what}: {e}"),
+        }
     }
 
-    fn with_tx<T>(&self, what: &str, f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>) -> Result<T, LedgerError> {
+    fn with_tx<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<T>,
+    ) -> Result<T, LedgerError> {
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction().map_err(|e| self.fail(what, e))?;
         let value = f(&tx).map_err(|e| self.fail(what, e))?;
@@ -307,8 +325,9 @@ impl Ledger {
         }
         let now = now_ms();
         self.with_tx("recording running jobs", |tx| {
-            let mut update =
-                tx.prepare_cached("UPDATE jobs SET running_since_ms = ?2 WHERE id = ?1 AND running_since_ms IS NULL")?;
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET running_since_ms = ?2 WHERE id = ?1 AND running_since_ms IS NULL",
+            )?;
             for job in jobs {
                 update.execute(params![job.to_string(), now])?;
             }
@@ -342,7 +361,11 @@ impl Ledger {
         })
     }
 
-    fn read_jobs(&self, sql: &str, args: impl rusqlite::Params) -> Result<Vec<LedgerJob>, LedgerError> {
+    fn read_jobs(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<LedgerJob>, LedgerError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let read = || -> rusqlite::Result<Vec<LedgerJob>> {
             let mut statement = conn.prepare_cached(sql)?;
@@ -417,8 +440,12 @@ impl Ledger {
     /// How many launches were ever recorded for `job` (a test and operator check).
     pub fn launch_count(&self, job: Uuid) -> Result<u32, LedgerError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        conn.query_row("SELECT COUNT(*) FROM launches WHERE job_id = ?1", [job.to_string()], |row| row.get(0))
-            .map_err(|e| self.fail("counting launches", e))
+        conn.query_row(
+            "SELECT COUNT(*) FROM launches WHERE job_id = ?1",
+            [job.to_string()],
+            |row| row.get(0),
+        )
+        .map_err(|e| self.fail("counting launches", e))
     }
 }
 
@@ -481,7 +508,10 @@ mod tests {
         assert_eq!(ledger.launch_count(job).unwrap(), 1);
         ledger.record_done(&[(job, "passed".into())]).unwrap();
         assert!(ledger.open_jobs().unwrap().is_empty());
-        assert_eq!(ledger.recent_launches(10).unwrap()[0].outcome.as_deref(), Some("passed"));
+        assert_eq!(
+            ledger.recent_launches(10).unwrap()[0].outcome.as_deref(),
+            Some("passed")
+        );
     }
 
     #[test]
@@ -493,7 +523,10 @@ mod tests {
         ledger.record_launching(&[job]).unwrap();
         ledger.record_reserved(&[reservation(job)]).unwrap();
         assert_eq!(ledger.job(job).unwrap().unwrap().stage, Stage::Launching);
-        assert!(ledger.record_launching(&[Uuid::new_v4()]).unwrap().is_empty());
+        assert!(ledger
+            .record_launching(&[Uuid::new_v4()])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

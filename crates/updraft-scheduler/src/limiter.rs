@@ -22,12 +22,18 @@ struct RateBucket {
 impl RateBucket {
     fn new(per_minute: u32, now_ms: i64) -> Self {
         let capacity = (per_minute as f64 / 6.0).max(1.0);
-        RateBucket { per_minute, tokens: capacity, capacity, last_ms: now_ms }
+        RateBucket {
+            per_minute,
+            tokens: capacity,
+            capacity,
+            last_ms: now_ms,
+        }
     }
 
     fn refill(&mut self, now_ms: i64) {
         let elapsed = (now_ms - self.last_ms).max(0) as f64;
-        self.tokens = (self.tokens + elapsed * self.per_minute as f64 / 60_000.0).min(self.capacity);
+        self.tokens =
+            (self.tokens + elapsed * self.per_minute as f64 / 60_000.0).min(self.capacity);
         self.last_ms = now_ms;
     }
 
@@ -82,7 +88,11 @@ impl Limiter {
                 in_flight: 0,
             })
             .collect();
-        Limiter { fleets, global_max, global_in_flight: 0 }
+        Limiter {
+            fleets,
+            global_max,
+            global_in_flight: 0,
+        }
     }
 
     pub fn enqueue(&mut self, fleet: usize, job: Uuid, priority: i64, scheduled_at_ms: i64) {
@@ -132,13 +142,18 @@ impl Limiter {
         loop {
             let mut progressed = false;
             for (index, queue) in self.fleets.iter_mut().enumerate() {
-                if self.global_max.is_some_and(|max| self.global_in_flight >= max) {
+                if self
+                    .global_max
+                    .is_some_and(|max| self.global_in_flight >= max)
+                {
                     return admitted;
                 }
                 if queue.in_flight >= queue.max_in_flight {
                     continue;
                 }
-                let Some(&key) = queue.waiting.first() else { continue };
+                let Some(&key) = queue.waiting.first() else {
+                    continue;
+                };
                 if let Some(rate) = &mut queue.rate {
                     if !rate.try_take() {
                         continue;
@@ -165,11 +180,20 @@ impl Limiter {
                 continue;
             }
             let reason = if queue.in_flight >= queue.max_in_flight {
-                format!("fleet {} at max_in_flight {}/{}", queue.name, queue.in_flight, queue.max_in_flight)
+                format!(
+                    "fleet {} at max_in_flight {}/{}",
+                    queue.name, queue.in_flight, queue.max_in_flight
+                )
             } else if let Some(max) = self.global_max.filter(|max| self.global_in_flight >= *max) {
-                format!("global max_in_flight {}/{max} reached", self.global_in_flight)
+                format!(
+                    "global max_in_flight {}/{max} reached",
+                    self.global_in_flight
+                )
             } else if let Some(rate) = &queue.rate {
-                format!("fleet {} at launches_per_minute {}", queue.name, rate.per_minute)
+                format!(
+                    "fleet {} at launches_per_minute {}",
+                    queue.name, rate.per_minute
+                )
             } else {
                 format!("fleet {}: waiting for its turn", queue.name)
             };
@@ -217,7 +241,10 @@ mod tests {
         }
         let admitted = l.admit(0);
         assert_eq!(admitted, vec![(0, jobs[0]), (0, jobs[1])]);
-        assert_eq!(l.hold_reasons(), vec![(jobs[2], "fleet linux at max_in_flight 2/2".to_string())]);
+        assert_eq!(
+            l.hold_reasons(),
+            vec![(jobs[2], "fleet linux at max_in_flight 2/2".to_string())]
+        );
         l.release(0);
         assert_eq!(l.admit(0), vec![(0, jobs[2])]);
     }
@@ -255,7 +282,10 @@ mod tests {
         let admitted = l.admit(0);
         assert_eq!(admitted.len(), 2);
         assert_eq!(admitted.iter().filter(|(f, _)| *f == 1).count(), 1);
-        assert!(l.hold_reasons().iter().all(|(_, r)| r == "global max_in_flight 2/2 reached"));
+        assert!(l
+            .hold_reasons()
+            .iter()
+            .all(|(_, r)| r == "global max_in_flight 2/2 reached"));
     }
 
     #[test]

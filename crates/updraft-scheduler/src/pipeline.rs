@@ -81,8 +81,19 @@ pub(crate) async fn dispatcher(core: Arc<Core>) {
                 }
                 if state.notified.get(&job) != Some(&reason) {
                     state.notified.insert(job, reason.clone());
-                    let queue = state.jobs.get(&job).map(|t| t.queue.clone()).unwrap_or_default();
-                    notes.push((queue, Notification { job_uuid: job, detail: reason, timestamp: None }));
+                    let queue = state
+                        .jobs
+                        .get(&job)
+                        .map(|t| t.queue.clone())
+                        .unwrap_or_default();
+                    notes.push((
+                        queue,
+                        Notification {
+                            job_uuid: job,
+                            detail: reason,
+                            timestamp: None,
+                        },
+                    ));
                 }
             }
             admitted
@@ -142,19 +153,36 @@ pub(crate) async fn reserver(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver
 /// Reserve one queue's jobs; `false` when the scheduler must stop.
 async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
     let expiry = core.config.buildkite.reservation_expiry;
-    match core.stacks.for_queue(queue).batch_reserve(&ids, Some(expiry)).await {
+    match core
+        .stacks
+        .for_queue(queue)
+        .batch_reserve(&ids, Some(expiry))
+        .await
+    {
         Ok(reservation) => {
-            let reserved: std::collections::HashSet<Uuid> = reservation.reserved.iter().copied().collect();
+            let reserved: std::collections::HashSet<Uuid> =
+                reservation.reserved.iter().copied().collect();
             let refused: Vec<(Uuid, String)> = ids
                 .iter()
                 .filter(|id| !reserved.contains(id))
-                .map(|id| (*id, "not reserved: taken elsewhere or no longer scheduled".to_string()))
+                .map(|id| {
+                    (
+                        *id,
+                        "not reserved: taken elsewhere or no longer scheduled".to_string(),
+                    )
+                })
                 .collect();
             if !refused.is_empty() {
-                tracing::debug!(count = refused.len(), queue, "Buildkite did not reserve some jobs");
+                tracing::debug!(
+                    count = refused.len(),
+                    queue,
+                    "Buildkite did not reserve some jobs"
+                );
                 let ledger = core.ledger.clone();
                 let closing = refused.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.record_done(&closing)).await {
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || ledger.record_done(&closing)).await
+                {
                     core.fail(format!("cannot write the ledger: {e}"));
                     return false;
                 }
@@ -201,7 +229,11 @@ pub(crate) async fn launcher(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver
         {
             let state = core.state();
             for job in jobs {
-                let queue = state.jobs.get(&job).map(|t| t.queue.clone()).unwrap_or_default();
+                let queue = state
+                    .jobs
+                    .get(&job)
+                    .map(|t| t.queue.clone())
+                    .unwrap_or_default();
                 by_queue.entry(queue).or_default().push(job);
             }
         }
@@ -223,7 +255,12 @@ async fn issue_and_launch(
     launched_tx: &mpsc::UnboundedSender<LaunchRow>,
 ) -> bool {
     let lifetime = core.config.buildkite.token_lifetime;
-    let issued = match core.stacks.for_queue(queue).issue_job_acquisition_tokens(&jobs, lifetime).await {
+    let issued = match core
+        .stacks
+        .for_queue(queue)
+        .issue_job_acquisition_tokens(&jobs, lifetime)
+        .await
+    {
         Ok(issued) => issued,
         Err(error) => {
             if check_fatal(core, "issuing job acquisition tokens", &error) {
@@ -244,21 +281,29 @@ async fn issue_and_launch(
             state.launching.remove(job);
         }
     }
-    let tokens: HashMap<Uuid, Secret> =
-        issued.job_acquisition_tokens.into_iter().map(|t| (t.job_uuid, t.job_acquisition_token)).collect();
-    let with_token: Vec<Uuid> = jobs.iter().copied().filter(|j| tokens.contains_key(j)).collect();
+    let tokens: HashMap<Uuid, Secret> = issued
+        .job_acquisition_tokens
+        .into_iter()
+        .map(|t| (t.job_uuid, t.job_acquisition_token))
+        .collect();
+    let with_token: Vec<Uuid> = jobs
+        .iter()
+        .copied()
+        .filter(|j| tokens.contains_key(j))
+        .collect();
     let ledger = core.ledger.clone();
-    let attempts = match tokio::task::spawn_blocking(move || ledger.record_launching(&with_token)).await {
-        Ok(Ok(attempts)) => attempts,
-        Ok(Err(e)) => {
-            core.fail(format!("cannot write the ledger: {e}"));
-            return false;
-        }
-        Err(e) => {
-            core.fail(format!("ledger writer panicked: {e}"));
-            return false;
-        }
-    };
+    let attempts =
+        match tokio::task::spawn_blocking(move || ledger.record_launching(&with_token)).await {
+            Ok(Ok(attempts)) => attempts,
+            Ok(Err(e)) => {
+                core.fail(format!("cannot write the ledger: {e}"));
+                return false;
+            }
+            Err(e) => {
+                core.fail(format!("ledger writer panicked: {e}"));
+                return false;
+            }
+        };
     {
         // Jobs the ledger would not move to launching (closed meanwhile) are dropped.
         let launching: std::collections::HashSet<Uuid> = attempts.iter().map(|(j, _)| *j).collect();
@@ -268,7 +313,9 @@ async fn issue_and_launch(
         }
     }
     for (job, attempt) in attempts {
-        let Some(token) = tokens.get(&job).cloned() else { continue };
+        let Some(token) = tokens.get(&job).cloned() else {
+            continue;
+        };
         let permit = match permits.clone().acquire_owned().await {
             Ok(permit) => permit,
             Err(_) => return false,
@@ -288,13 +335,26 @@ fn spec_for(core: &Core, fleet_index: usize, job: Uuid, token: Secret) -> Launch
     let id = job.to_string();
     let name = LaunchName::for_job(job);
     let mut env = fleet.template.env.clone();
-    env.insert("BUILDKITE_AGENT_ENDPOINT".into(), core.config.buildkite.endpoint.clone());
+    env.insert(
+        "BUILDKITE_AGENT_ENDPOINT".into(),
+        core.config.buildkite.endpoint.clone(),
+    );
     env.insert("BUILDKITE_AGENT_ACQUIRE_JOB".into(), id.clone());
     env.insert("BUILDKITE_AGENT_NAME".into(), name.to_string());
-    env.insert("BUILDKITE_AGENT_TAGS".into(), fleet.tags.to_strings().join(","));
+    env.insert(
+        "BUILDKITE_AGENT_TAGS".into(),
+        fleet.tags.to_strings().join(","),
+    );
     env.insert("UPDRAFT_FLEET".into(), fleet.name.clone());
-    let secrets = [("BUILDKITE_AGENT_TOKEN".to_string(), token)].into_iter().collect();
-    let command = fleet.template.command.iter().map(|arg| arg.replace("{job_id}", &id)).collect();
+    let secrets = [("BUILDKITE_AGENT_TOKEN".to_string(), token)]
+        .into_iter()
+        .collect();
+    let command = fleet
+        .template
+        .command
+        .iter()
+        .map(|arg| arg.replace("{job_id}", &id))
+        .collect();
     LaunchSpec {
         name,
         job_id: job,
@@ -306,7 +366,13 @@ fn spec_for(core: &Core, fleet_index: usize, job: Uuid, token: Secret) -> Launch
     }
 }
 
-async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launched: &mpsc::UnboundedSender<LaunchRow>) {
+async fn launch_one(
+    core: &Core,
+    job: Uuid,
+    attempt: u32,
+    token: Secret,
+    launched: &mpsc::UnboundedSender<LaunchRow>,
+) {
     let Some(fleet_index) = core.state().jobs.get(&job).and_then(|t| t.fleet) else {
         core.state().launching.remove(&job);
         return;
@@ -320,7 +386,10 @@ async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launche
         Ok(LaunchOutcome::AlreadyExists) => "already_exists",
         Err(_) => "failed",
     };
-    core.telemetry.launches.get_or_create(&labels(&[("fleet", &fleet), ("outcome", outcome)])).inc();
+    core.telemetry
+        .launches
+        .get_or_create(&labels(&[("fleet", &fleet), ("outcome", outcome)]))
+        .inc();
     match result {
         Ok(outcome) => {
             // An existing launch of this name (found after a restart) is recorded, not
@@ -353,7 +422,10 @@ async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launche
             if let Some(pickup) = pickup {
                 core.telemetry
                     .pickup_latency
-                    .get_or_create(&labels(&[("fleet", &fleet), ("source", pickup.source.as_str())]))
+                    .get_or_create(&labels(&[
+                        ("fleet", &fleet),
+                        ("source", pickup.source.as_str()),
+                    ]))
                     .observe(pickup.latency().as_secs_f64());
                 core.stats.record_pickup(pickup);
             }
@@ -363,7 +435,9 @@ async fn launch_one(core: &Core, job: Uuid, attempt: u32, token: Secret, launche
             tracing::warn!(%error, %job, fleet, "launch failed; the reconciler will retry it");
             let ledger = core.ledger.clone();
             let detail = error.to_string();
-            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || ledger.record_launch_failed(job, &detail)).await {
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || ledger.record_launch_failed(job, &detail)).await
+            {
                 core.fail(format!("cannot write the ledger: {e}"));
             }
             core.state().launching.remove(&job);
@@ -391,7 +465,10 @@ async fn ledger_writer(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<Launc
     }
 }
 
-pub(crate) async fn notifier(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<(String, Notification)>) {
+pub(crate) async fn notifier(
+    core: Arc<Core>,
+    mut inbox: mpsc::UnboundedReceiver<(String, Notification)>,
+) {
     while let Some(batch) = drain(&core, &mut inbox, MAX_BATCH).await {
         let mut by_queue: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
         for (queue, note) in batch {
@@ -401,7 +478,11 @@ pub(crate) async fn notifier(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver
             match core.stacks.for_queue(&queue).notify(&notes).await {
                 Ok(result) => {
                     for error in result.errors {
-                        tracing::debug!(error = error.error, count = error.indexes.len(), "Buildkite refused some notifications");
+                        tracing::debug!(
+                            error = error.error,
+                            count = error.indexes.len(),
+                            "Buildkite refused some notifications"
+                        );
                     }
                 }
                 Err(error) => {

@@ -5,8 +5,8 @@
 use crate::config::Config;
 use crate::pull::list_queue;
 use crate::router::{route, Route};
-use std::fmt;
 use crate::stackset::StackSet;
+use std::fmt;
 use updraft_model::QueryRules;
 use uuid::Uuid;
 
@@ -31,7 +31,10 @@ pub struct Plan {
 pub async fn plan(config: &Config) -> anyhow::Result<Plan> {
     let stacks = StackSet::new(config)?;
     // Buildkite lists a queue's jobs only to a registered stack; registering is idempotent.
-    stacks.register_all().await.map_err(|(key, e)| anyhow::anyhow!("registering stack {key:?}: {e}"))?;
+    stacks
+        .register_all()
+        .await
+        .map_err(|(key, e)| anyhow::anyhow!("registering stack {key:?}: {e}"))?;
     let mut out = Plan::default();
     for (queue, stack) in stacks.iter() {
         let queue = queue.clone();
@@ -74,7 +77,11 @@ impl fmt::Display for Plan {
                 Ok(fleet) => format!("→ fleet {fleet}"),
                 Err(reason) => format!("✗ {reason}"),
             };
-            writeln!(f, "{}  queue={}  priority={}  [{}]  {decision}", job.id, job.queue, job.priority, job.rules)?;
+            writeln!(
+                f,
+                "{}  queue={}  priority={}  [{}]  {decision}",
+                job.id, job.queue, job.priority, job.rules
+            )?;
         }
         for queue in &self.paused_queues {
             writeln!(f, "queue {queue}: dispatch is paused; nothing would launch")?;

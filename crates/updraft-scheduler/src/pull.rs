@@ -20,7 +20,8 @@ const MAX_PAGES_PER_POLL: usize = 20;
 pub(crate) fn candidate(job: &ScheduledJob, source: Source) -> Candidate {
     Candidate {
         id: job.id,
-        rules: QueryRules::parse("agent_query_rules", &job.agent_query_rules).map_err(|e| e.to_string()),
+        rules: QueryRules::parse("agent_query_rules", &job.agent_query_rules)
+            .map_err(|e| e.to_string()),
         priority: job.priority.unwrap_or(0),
         scheduled_at_ms: job.scheduled_at.timestamp_millis(),
         source,
@@ -37,10 +38,16 @@ pub(crate) async fn list_queue(
     let mut after: Option<String> = None;
     let mut paused = false;
     for _ in 0..MAX_PAGES_PER_POLL {
-        let page = stacks.scheduled_jobs(queue, page_limit, after.as_deref()).await?;
+        let page = stacks
+            .scheduled_jobs(queue, page_limit, after.as_deref())
+            .await?;
         paused |= page.cluster_queue.is_paused();
         jobs.extend(page.jobs);
-        match page.page_info.end_cursor.filter(|_| page.page_info.has_next_page) {
+        match page
+            .page_info
+            .end_cursor
+            .filter(|_| page.page_info.has_next_page)
+        {
             Some(cursor) => after = Some(cursor),
             None => return Ok((jobs, true, paused)),
         }
@@ -69,10 +76,19 @@ pub(crate) async fn poller(core: Arc<Core>) {
 pub(crate) async fn poll_all(core: &Arc<Core>) -> bool {
     for queue in core.config.queues() {
         let started = now_ms();
-        match list_queue(core.stacks.for_queue(&queue), &queue, core.config.buildkite.page_limit).await {
+        match list_queue(
+            core.stacks.for_queue(&queue),
+            &queue,
+            core.config.buildkite.page_limit,
+        )
+        .await
+        {
             Ok((jobs, complete, paused)) => {
                 if paused {
-                    tracing::debug!(queue, "dispatch is paused for this queue; not taking its jobs");
+                    tracing::debug!(
+                        queue,
+                        "dispatch is paused for this queue; not taking its jobs"
+                    );
                     continue;
                 }
                 let listed: HashSet<_> = jobs.iter().map(|j| j.id).collect();

@@ -16,7 +16,8 @@ use axum::routing::post;
 use axum::Router;
 use std::sync::Arc;
 use updraft_buildkite::events::{
-    parse_eventbridge, parse_webhook, EventKind, PushEvent, Rejection, WebhookVerifier, SIGNATURE_HEADER, TOKEN_HEADER,
+    parse_eventbridge, parse_webhook, EventKind, PushEvent, Rejection, WebhookVerifier,
+    SIGNATURE_HEADER, TOKEN_HEADER,
 };
 use uuid::Uuid;
 
@@ -49,16 +50,28 @@ fn verify(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<(), Reply> {
             "push is not configured: set [push] webhook_token to accept events\n".into(),
         ));
     };
-    WebhookVerifier::new(token.clone()).verify(headers, body, chrono::Utc::now()).map_err(|rejection| {
-        core.telemetry.push_events.get_or_create(&labels(&[("kind", "unverified"), ("result", "refused")])).inc();
-        (StatusCode::UNAUTHORIZED, format!("{rejection}\n"))
-    })
+    WebhookVerifier::new(token.clone())
+        .verify(headers, body, chrono::Utc::now())
+        .map_err(|rejection| {
+            core.telemetry
+                .push_events
+                .get_or_create(&labels(&[("kind", "unverified"), ("result", "refused")]))
+                .inc();
+            (StatusCode::UNAUTHORIZED, format!("{rejection}\n"))
+        })
 }
 
 fn parsed(core: &Core, result: Result<PushEvent, Rejection>) -> Result<PushEvent, Reply> {
     result.map_err(|rejection| {
-        core.telemetry.push_events.get_or_create(&labels(&[("kind", "unparsed"), ("result", "refused")])).inc();
-        let status = if is_credential_problem(&rejection) { StatusCode::UNAUTHORIZED } else { StatusCode::BAD_REQUEST };
+        core.telemetry
+            .push_events
+            .get_or_create(&labels(&[("kind", "unparsed"), ("result", "refused")]))
+            .inc();
+        let status = if is_credential_problem(&rejection) {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         (status, format!("{rejection}\n"))
     })
 }
@@ -74,7 +87,8 @@ async fn webhook(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bytes)
 }
 
 async fn eventbridge(State(core): State<Arc<Core>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let has_credentials = headers.contains_key(TOKEN_HEADER) || headers.contains_key(SIGNATURE_HEADER);
+    let has_credentials =
+        headers.contains_key(TOKEN_HEADER) || headers.contains_key(SIGNATURE_HEADER);
     if has_credentials || !core.config.push.allow_unsigned_eventbridge {
         if let Err(reply) = verify(&core, &headers, &body) {
             return reply;
@@ -91,8 +105,11 @@ fn handle(core: &Core, event: PushEvent) -> Reply {
     let result = match (kind, &event.job) {
         (EventKind::JobScheduled, Some(job)) => match job.id.parse::<Uuid>() {
             Ok(id) => {
-                let scheduled_at_ms =
-                    job.runnable_at.or(event.time).map(|t| t.timestamp_millis()).unwrap_or_else(now_ms);
+                let scheduled_at_ms = job
+                    .runnable_at
+                    .or(event.time)
+                    .map(|t| t.timestamp_millis())
+                    .unwrap_or_else(now_ms);
                 let fresh = core.intake(vec![Candidate {
                     id,
                     rules: Ok(job.agent_query_rules.clone()),
@@ -107,8 +124,14 @@ fn handle(core: &Core, event: PushEvent) -> Reply {
                 }
             }
             Err(_) => {
-                core.telemetry.push_events.get_or_create(&labels(&[("kind", kind.name()), ("result", "refused")])).inc();
-                return (StatusCode::BAD_REQUEST, format!("job id {:?} is not a UUID\n", job.id));
+                core.telemetry
+                    .push_events
+                    .get_or_create(&labels(&[("kind", kind.name()), ("result", "refused")]))
+                    .inc();
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("job id {:?} is not a UUID\n", job.id),
+                );
             }
         },
         (EventKind::JobFinished | EventKind::BuildFinished, _) => {
@@ -117,6 +140,9 @@ fn handle(core: &Core, event: PushEvent) -> Reply {
         }
         _ => "ignored",
     };
-    core.telemetry.push_events.get_or_create(&labels(&[("kind", kind.name()), ("result", result)])).inc();
+    core.telemetry
+        .push_events
+        .get_or_create(&labels(&[("kind", kind.name()), ("result", result)]))
+        .inc();
     (StatusCode::OK, format!("{result}\n"))
 }

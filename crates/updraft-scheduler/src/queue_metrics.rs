@@ -9,7 +9,11 @@ use updraft_buildkite::metrics::MetricsClient;
 use updraft_buildkite::ClientOptions;
 
 pub(crate) async fn poller(core: Arc<Core>) {
-    let client = match MetricsClient::new(&core.config.buildkite.endpoint, &core.config.buildkite.agent_token, ClientOptions::default()) {
+    let client = match MetricsClient::new(
+        &core.config.buildkite.endpoint,
+        &core.config.buildkite.agent_token,
+        ClientOptions::default(),
+    ) {
         Ok(client) => client,
         Err(error) => {
             tracing::warn!(%error, "queue metrics are off: cannot build the metrics client");
@@ -21,9 +25,11 @@ pub(crate) async fn poller(core: Arc<Core>) {
         match client.all_queues().await {
             Ok(reading) => {
                 core.telemetry.record_queue_metrics(&reading.metrics);
-                wait = reading.min_poll_interval.map_or(core.config.buildkite.metrics_interval, |min| {
-                    min.max(core.config.buildkite.metrics_interval)
-                });
+                wait = reading
+                    .min_poll_interval
+                    .map_or(core.config.buildkite.metrics_interval, |min| {
+                        min.max(core.config.buildkite.metrics_interval)
+                    });
             }
             Err(error) => {
                 if check_fatal(&core, "reading queue metrics", &error) {

@@ -31,6 +31,7 @@ pub(crate) async fn run(core: Arc<Core>) {
 
 /// One full pass. An error leaves everything as it was for the next pass to retry.
 pub(crate) async fn pass(core: &Arc<Core>) -> Result<(), String> {
+    let listed_at = now_ms();
     let mut launches: HashMap<Uuid, (LaunchView, Arc<dyn Backend>)> = HashMap::new();
     let mut distinct: Vec<Arc<dyn Backend>> = Vec::new();
     for backend in core.backends.values() {
@@ -40,9 +41,15 @@ pub(crate) async fn pass(core: &Arc<Core>) -> Result<(), String> {
         }
     }
     for backend in distinct {
-        let listed = backend.list().await.map_err(|e| format!("listing {} launches: {e}", backend.kind()))?;
+        let listed = backend
+            .list()
+            .await
+            .map_err(|e| format!("listing {} launches: {e}", backend.kind()))?;
         for status in listed {
-            let view = LaunchView { phase: status.phase, started_at_ms: status.started_at.timestamp_millis() };
+            let view = LaunchView {
+                phase: status.phase,
+                started_at_ms: status.started_at.timestamp_millis(),
+            };
             launches.insert(status.name.job_id(), (view, backend.clone()));
         }
     }
@@ -60,7 +67,11 @@ pub(crate) async fn pass(core: &Arc<Core>) -> Result<(), String> {
         match core.stacks.any().job_states(&ids).await {
             Ok(states) => {
                 for (id, raw) in &states.unreadable {
-                    tracing::warn!(job = id, state = raw, "Buildkite reported a job state we do not know");
+                    tracing::warn!(
+                        job = id,
+                        state = raw,
+                        "Buildkite reported a job state we do not know"
+                    );
                 }
                 states.states.into_iter().collect::<HashMap<_, _>>()
             }
@@ -75,13 +86,21 @@ pub(crate) async fn pass(core: &Arc<Core>) -> Result<(), String> {
         .into_iter()
         .map(|job| {
             let launch = launches.get(&job.id).map(|(view, _)| view.clone());
-            Observed { state: states.get(&job.id).copied(), launch, job }
+            Observed {
+                state: states.get(&job.id).copied(),
+                launch,
+                job,
+            }
         })
         .collect();
     let strays: Vec<Stray> = launches
         .iter()
         .filter(|(id, _)| !open_ids.contains(id))
-        .map(|(id, (view, _))| Stray { job: *id, state: states.get(id).copied(), launch: view.clone() })
+        .map(|(id, (view, _))| Stray {
+            job: *id,
+            state: states.get(id).copied(),
+            launch: view.clone(),
+        })
         .collect();
     let policies: HashMap<String, FleetPolicy> = core
         .config
@@ -98,15 +117,23 @@ pub(crate) async fn pass(core: &Arc<Core>) -> Result<(), String> {
             )
         })
         .collect();
-    let owners: HashMap<Uuid, (String, u32)> =
-        observed.iter().map(|o| (o.job.id, (o.job.fleet.clone(), o.job.attempts))).collect();
-    let actions = decide(&observed, &strays, &policies, now_ms());
+    let owners: HashMap<Uuid, (String, u32)> = observed
+        .iter()
+        .map(|o| (o.job.id, (o.job.fleet.clone(), o.job.attempts)))
+        .collect();
+    let actions = decide(&observed, &strays, &policies, now_ms(), listed_at);
     Stats::add(&core.stats.reconcile_passes, 1);
     core.telemetry.reconcile_passes.inc();
     let backend_of = |job: &Uuid| -> Option<Arc<dyn Backend>> {
-        launches.get(job).map(|(_, b)| b.clone()).or_else(|| core.backend_for(*job))
+        launches
+            .get(job)
+            .map(|(_, b)| b.clone())
+            .or_else(|| core.backend_for(*job))
     };
-    execute(core, actions, &states, &queues, &owners, &launches, backend_of).await;
+    execute(
+        core, actions, &states, &queues, &owners, &launches, backend_of,
+    )
+    .await;
     Ok(())
 }
 
@@ -126,7 +153,10 @@ async fn execute(
     for action in actions {
         if action.is_correction() {
             Stats::add(&core.stats.corrections, 1);
-            core.telemetry.corrections.get_or_create(&labels(&[("action", action.kind())])).inc();
+            core.telemetry
+                .corrections
+                .get_or_create(&labels(&[("action", action.kind())]))
+                .inc();
         }
         match action {
             Action::Launch { job } => to_launch.push(job),
@@ -183,10 +213,22 @@ async fn execute(
             Action::Finish { job, reason } => {
                 tracing::warn!(%job, reason, "finishing the job in Buildkite");
                 let queue = queues.get(&job).map(String::as_str).unwrap_or_default();
-                match core.stacks.for_queue(queue).finish_job(job, -1, &reason).await {
+                match core
+                    .stacks
+                    .for_queue(queue)
+                    .finish_job(job, -1, &reason)
+                    .await
+                {
                     Ok(()) => closed.push((job, format!("finished by updraft: {reason}"))),
-                    Err(error) if error.status().is_some_and(|s| s.as_u16() == 422 || s.as_u16() == 404) => {
-                        closed.push((job, format!("finished by updraft: {reason} (Buildkite: {error})")))
+                    Err(error)
+                        if error
+                            .status()
+                            .is_some_and(|s| s.as_u16() == 422 || s.as_u16() == 404) =>
+                    {
+                        closed.push((
+                            job,
+                            format!("finished by updraft: {reason} (Buildkite: {error})"),
+                        ))
                     }
                     Err(error) => {
                         if check_fatal(core, "finishing a job", &error) {
@@ -221,18 +263,32 @@ async fn execute(
 /// Launch jobs the ledger holds as reserved. A job Buildkite lists as merely `scheduled`
 /// lost its reservation (it expired, or the reserve call never landed): reserve it again
 /// first, since only a reserved job gets a job acquisition token.
-async fn launch_reserved(core: &Arc<Core>, jobs: Vec<Uuid>, states: &HashMap<Uuid, JobState>, queues: &HashMap<Uuid, String>) {
+async fn launch_reserved(
+    core: &Arc<Core>,
+    jobs: Vec<Uuid>,
+    states: &HashMap<Uuid, JobState>,
+    queues: &HashMap<Uuid, String>,
+) {
     let busy: HashSet<Uuid> = core.state().launching.clone();
     let jobs: Vec<Uuid> = jobs.into_iter().filter(|j| !busy.contains(j)).collect();
-    let (unreserved, reserved): (Vec<Uuid>, Vec<Uuid>) =
-        jobs.into_iter().partition(|j| states.get(j) == Some(&JobState::Scheduled));
+    let (unreserved, reserved): (Vec<Uuid>, Vec<Uuid>) = jobs
+        .into_iter()
+        .partition(|j| states.get(j) == Some(&JobState::Scheduled));
     let mut ready = reserved;
     let mut by_queue: std::collections::BTreeMap<&str, Vec<Uuid>> = Default::default();
     for job in unreserved {
-        by_queue.entry(queues.get(&job).map(String::as_str).unwrap_or_default()).or_default().push(job);
+        by_queue
+            .entry(queues.get(&job).map(String::as_str).unwrap_or_default())
+            .or_default()
+            .push(job);
     }
     for (queue, jobs) in by_queue {
-        match core.stacks.for_queue(queue).batch_reserve(&jobs, Some(core.config.buildkite.reservation_expiry)).await {
+        match core
+            .stacks
+            .for_queue(queue)
+            .batch_reserve(&jobs, Some(core.config.buildkite.reservation_expiry))
+            .await
+        {
             Ok(result) => ready.extend(result.reserved),
             Err(error) => {
                 check_fatal(core, "reserving jobs again", &error);

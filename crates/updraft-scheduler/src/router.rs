@@ -14,7 +14,10 @@ pub enum Route {
 
 /// The first fleet, in config order, that serves these rules.
 pub fn route(fleets: &[FleetConfig], rules: &QueryRules) -> Route {
-    match fleets.iter().position(|fleet| rules.matched_by(&fleet.tags)) {
+    match fleets
+        .iter()
+        .position(|fleet| rules.matched_by(&fleet.tags))
+    {
         Some(index) => Route::Fleet(index),
         None => Route::Unserved(unserved_reason(fleets, rules)),
     }
@@ -30,7 +33,11 @@ fn unserved_reason(fleets: &[FleetConfig], rules: &QueryRules) -> String {
         .0
         .iter()
         .filter(|rule| rule.key != "queue")
-        .filter(|rule| !same_queue.iter().any(|f| f.tags.values(&rule.key).any(|v| rule.matches_value(v))))
+        .filter(|rule| {
+            !same_queue
+                .iter()
+                .any(|f| f.tags.values(&rule.key).any(|v| rule.matches_value(v)))
+        })
         .map(ToString::to_string)
         .collect();
     if missing.is_empty() {
@@ -74,14 +81,20 @@ mod tests {
     fn the_first_matching_fleet_wins() {
         let fleets = fleets();
         assert_eq!(route(&fleets, &rules(&["queue=linux"])), Route::Fleet(0));
-        assert_eq!(route(&fleets, &rules(&["queue=linux", "docker=true"])), Route::Fleet(1));
+        assert_eq!(
+            route(&fleets, &rules(&["queue=linux", "docker=true"])),
+            Route::Fleet(1)
+        );
         assert_eq!(route(&fleets, &rules(&[])), Route::Fleet(2));
     }
 
     #[test]
     fn unserved_jobs_say_why() {
         let fleets = fleets();
-        assert_eq!(route(&fleets, &rules(&["queue=gpu"])), Route::Unserved("no fleet serves queue=gpu".into()));
+        assert_eq!(
+            route(&fleets, &rules(&["queue=gpu"])),
+            Route::Unserved("no fleet serves queue=gpu".into())
+        );
         assert_eq!(
             route(&fleets, &rules(&["queue=linux", "arch=arm64"])),
             Route::Unserved("no fleet on queue=linux has arch=arm64".into())

@@ -6,6 +6,7 @@
 use crate::config::Config;
 use crate::core::Core;
 use crate::ledger::Ledger;
+use crate::stackset::StackSet;
 use crate::stats::StatsSnapshot;
 use crate::{http, pipeline, pull, push, queue_metrics, reconciler};
 use anyhow::Context;
@@ -16,7 +17,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use updraft_backends::Backend;
-use crate::stackset::StackSet;
 
 /// How long `shutdown` waits for tasks to finish their current step.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -28,7 +28,10 @@ impl Scheduler {
     /// implementations. Fails (without starting anything) on a fleet naming a backend not
     /// given, a listener that cannot bind, an unreadable ledger, or Buildkite refusing the
     /// agent token.
-    pub async fn start(config: Config, backends: BTreeMap<String, Arc<dyn Backend>>) -> anyhow::Result<SchedulerHandle> {
+    pub async fn start(
+        config: Config,
+        backends: BTreeMap<String, Arc<dyn Backend>>,
+    ) -> anyhow::Result<SchedulerHandle> {
         let mut fleet_backends = Vec::new();
         for (i, fleet) in config.fleets.iter().enumerate() {
             let backend = backends.get(&fleet.backend).with_context(|| {
@@ -56,7 +59,11 @@ impl Scheduler {
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let http_addr = http_listener.local_addr()?;
         let push_listener = match config.push.listen {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("push.listen: cannot listen on {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("push.listen: cannot listen on {addr}"))?,
+            ),
             None => None,
         };
         let push_addr = match &push_listener {
@@ -99,13 +106,20 @@ impl Scheduler {
         tasks.spawn(queue_metrics::poller(core.clone()));
         let _ = core.ready.send(true);
         tracing::info!(%http_addr, %push_addr, fleets = core.config.fleets.len(), "scheduler started");
-        Ok(SchedulerHandle { core, tasks, http_addr, push_addr })
+        Ok(SchedulerHandle {
+            core,
+            tasks,
+            http_addr,
+            push_addr,
+        })
     }
 }
 
 async fn serve(listener: TcpListener, app: axum::Router, core: Arc<Core>) {
     let stopping = core.clone();
-    let result = axum::serve(listener, app).with_graceful_shutdown(async move { stopping.stopped().await }).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopping.stopped().await })
+        .await;
     if let Err(error) = result {
         core.fail(format!("HTTP server stopped: {error}"));
     }
@@ -154,7 +168,10 @@ impl SchedulerHandle {
     /// the fatal error if the scheduler had already stopped on one.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.core.stop.send_replace(true);
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while self.tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             self.tasks.shutdown().await;
         }

@@ -29,7 +29,9 @@ impl StackSet {
             by_queue.insert(queue, client);
         }
         if by_queue.is_empty() {
-            return Err(ApiError::Config("no fleet serves any queue, so there is no stack to register".into()));
+            return Err(ApiError::Config(
+                "no fleet serves any queue, so there is no stack to register".into(),
+            ));
         }
         Ok(StackSet { by_queue })
     }
@@ -41,7 +43,10 @@ impl StackSet {
     }
 
     pub fn any(&self) -> &StacksClient {
-        self.by_queue.values().next().expect("StackSet::new refuses an empty set")
+        self.by_queue
+            .values()
+            .next()
+            .expect("StackSet::new refuses an empty set")
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&String, &StacksClient)> {
@@ -55,9 +60,17 @@ impl StackSet {
                 key: client.key().to_string(),
                 stack_type: "custom".into(),
                 queue_key: queue.clone(),
-                metadata: [("updraft_version".to_string(), env!("CARGO_PKG_VERSION").to_string())].into_iter().collect(),
+                metadata: [(
+                    "updraft_version".to_string(),
+                    env!("CARGO_PKG_VERSION").to_string(),
+                )]
+                .into_iter()
+                .collect(),
             };
-            let stack = client.register(&body).await.map_err(|e| (client.key().to_string(), e))?;
+            let stack = client
+                .register(&body)
+                .await
+                .map_err(|e| (client.key().to_string(), e))?;
             tracing::info!(key = stack.key, queue, "stack registered");
         }
         Ok(())

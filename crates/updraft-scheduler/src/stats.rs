@@ -68,7 +68,10 @@ impl Stats {
     }
 
     pub fn record_pickup(&self, pickup: Pickup) {
-        self.pickups.lock().unwrap_or_else(|e| e.into_inner()).push(pickup);
+        self.pickups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pickup);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -82,7 +85,11 @@ impl Stats {
             in_flight: read(&self.in_flight),
             reconcile_passes: read(&self.reconcile_passes),
             corrections: read(&self.corrections),
-            pickups: self.pickups.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            pickups: self
+                .pickups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -144,9 +151,24 @@ mod tests {
 
     #[test]
     fn pickup_quantiles_filter_by_source() {
-        let pickup = |source, latency| Pickup { job: Uuid::new_v4(), source, scheduled_at_ms: 0, seen_at_ms: 0, launched_at_ms: latency };
-        let snapshot = StatsSnapshot { pickups: vec![pickup(Source::Push, 5), pickup(Source::Pull, 900)], ..Default::default() };
-        assert_eq!(snapshot.pickup_quantile(Some(Source::Push), 0.99), Some(Duration::from_millis(5)));
-        assert_eq!(snapshot.pickup_quantile(None, 1.0), Some(Duration::from_millis(900)));
+        let pickup = |source, latency| Pickup {
+            job: Uuid::new_v4(),
+            source,
+            scheduled_at_ms: 0,
+            seen_at_ms: 0,
+            launched_at_ms: latency,
+        };
+        let snapshot = StatsSnapshot {
+            pickups: vec![pickup(Source::Push, 5), pickup(Source::Pull, 900)],
+            ..Default::default()
+        };
+        assert_eq!(
+            snapshot.pickup_quantile(Some(Source::Push), 0.99),
+            Some(Duration::from_millis(5))
+        );
+        assert_eq!(
+            snapshot.pickup_quantile(None, 1.0),
+            Some(Duration::from_millis(900))
+        );
     }
 }

@@ -11,11 +11,17 @@ use std::fmt::Write;
 const WAITING_SHOWN: usize = 200;
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn time(ms: i64) -> String {
-    Utc.timestamp_millis_opt(ms).single().map(|t| t.format("%H:%M:%S%.3f").to_string()).unwrap_or_default()
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .map(|t| t.format("%H:%M:%S%.3f").to_string())
+        .unwrap_or_default()
 }
 
 pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> String {
@@ -26,8 +32,16 @@ pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> Str
             .iter()
             .filter(|(_, t)| t.phase != Phase::Owned)
             .map(|(id, t)| {
-                let fleet = t.fleet.map(|i| core.fleet(i).name.clone()).unwrap_or_else(|| "—".into());
-                (id.to_string(), fleet, t.reason.clone().unwrap_or_else(|| "about to launch".into()), t.seen_at_ms)
+                let fleet = t
+                    .fleet
+                    .map(|i| core.fleet(i).name.clone())
+                    .unwrap_or_else(|| "—".into());
+                (
+                    id.to_string(),
+                    fleet,
+                    t.reason.clone().unwrap_or_else(|| "about to launch".into()),
+                    t.seen_at_ms,
+                )
             })
             .collect();
         (state.limiter.loads(), waiting)
@@ -68,7 +82,9 @@ pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> Str
     if waiting.is_empty() {
         page.push_str("<p>None.</p>");
     } else {
-        page.push_str("<table><tr><th>job</th><th>fleet</th><th>why it waits</th><th>seen</th></tr>");
+        page.push_str(
+            "<table><tr><th>job</th><th>fleet</th><th>why it waits</th><th>seen</th></tr>",
+        );
         for (id, fleet, reason, seen) in waiting.iter().take(WAITING_SHOWN) {
             let _ = write!(
                 page,
@@ -114,6 +130,9 @@ mod tests {
 
     #[test]
     fn html_is_escaped() {
-        assert_eq!(escape("<a href=\"x\">&</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;");
+        assert_eq!(
+            escape("<a href=\"x\">&</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+        );
     }
 }

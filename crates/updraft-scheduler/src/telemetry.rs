@@ -67,32 +67,69 @@ impl Telemetry {
         let mut queues = Vec::new();
         for name in QUEUE_METRICS {
             let total = Family::<Labels, Gauge>::default();
-            registry.register(format!("buildkite_total_{name}"), format!("Buildkite Total: {name}"), total.clone());
+            registry.register(
+                format!("buildkite_total_{name}"),
+                format!("Buildkite Total: {name}"),
+                total.clone(),
+            );
             totals.push(total);
             let queue = Family::<Labels, Gauge>::default();
-            registry.register(format!("buildkite_queues_{name}"), format!("Buildkite Queues: {name}"), queue.clone());
+            registry.register(
+                format!("buildkite_queues_{name}"),
+                format!("Buildkite Queues: {name}"),
+                queue.clone(),
+            );
             queues.push(queue);
         }
         let jobs_seen = Family::<Labels, Counter>::default();
-        registry.register("updraft_jobs_seen", "Distinct jobs taken in, by source", jobs_seen.clone());
+        registry.register(
+            "updraft_jobs_seen",
+            "Distinct jobs taken in, by source",
+            jobs_seen.clone(),
+        );
         let launches = Family::<Labels, Counter>::default();
-        registry.register("updraft_launches", "Launch attempts by fleet and outcome", launches.clone());
-        let pickup_latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(pickup_histogram);
+        registry.register(
+            "updraft_launches",
+            "Launch attempts by fleet and outcome",
+            launches.clone(),
+        );
+        let pickup_latency =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(pickup_histogram);
         registry.register(
             "updraft_pickup_latency_seconds",
             "From the job's scheduled time to its launch, by fleet and source",
             pickup_latency.clone(),
         );
         let in_flight = Family::<Labels, Gauge>::default();
-        registry.register("updraft_in_flight", "Launch slots held, by fleet", in_flight.clone());
+        registry.register(
+            "updraft_in_flight",
+            "Launch slots held, by fleet",
+            in_flight.clone(),
+        );
         let waiting = Family::<Labels, Gauge>::default();
-        registry.register("updraft_waiting_jobs", "Jobs held back by a limit, by fleet", waiting.clone());
+        registry.register(
+            "updraft_waiting_jobs",
+            "Jobs held back by a limit, by fleet",
+            waiting.clone(),
+        );
         let reconcile_passes = Counter::default();
-        registry.register("updraft_reconcile_passes", "Reconcile passes run", reconcile_passes.clone());
+        registry.register(
+            "updraft_reconcile_passes",
+            "Reconcile passes run",
+            reconcile_passes.clone(),
+        );
         let corrections = Family::<Labels, Counter>::default();
-        registry.register("updraft_reconcile_corrections", "Corrections the reconciler made, by action", corrections.clone());
+        registry.register(
+            "updraft_reconcile_corrections",
+            "Corrections the reconciler made, by action",
+            corrections.clone(),
+        );
         let push_events = Family::<Labels, Counter>::default();
-        registry.register("updraft_push_events", "Push events received, by kind and result", push_events.clone());
+        registry.register(
+            "updraft_push_events",
+            "Push events received, by kind and result",
+            push_events.clone(),
+        );
         Telemetry {
             registry,
             totals,
@@ -115,11 +152,18 @@ impl Telemetry {
         let cluster = reading.cluster_name().to_string();
         let total_values = queue_values(&reading.agents.counts, &reading.jobs.counts);
         for (family, value) in self.totals.iter().zip(total_values) {
-            family.get_or_create(&vec![("cluster", cluster.clone())]).set(value as i64);
+            family
+                .get_or_create(&vec![("cluster", cluster.clone())])
+                .set(value as i64);
         }
         let mut current = Vec::new();
         for queue in reading.queue_names() {
-            let agents = reading.agents.queues.get(queue).cloned().unwrap_or_default();
+            let agents = reading
+                .agents
+                .queues
+                .get(queue)
+                .cloned()
+                .unwrap_or_default();
             let jobs = reading.jobs.queues.get(queue).cloned().unwrap_or_default();
             let labels: Labels = vec![("queue", queue.to_string()), ("cluster", cluster.clone())];
             for (family, value) in self.queues.iter().zip(queue_values(&agents, &jobs)) {
@@ -163,9 +207,19 @@ mod tests {
         .unwrap();
         telemetry.record_queue_metrics(&reading);
         let text = telemetry.encode();
-        assert!(text.contains("buildkite_total_scheduled_jobs_count{cluster=\"main\"} 5"), "{text}");
-        assert!(text.contains("buildkite_queues_busy_agent_percentage{queue=\"linux\",cluster=\"main\"} 100"), "{text}");
-        let empty: QueueMetrics = serde_json::from_str(r#"{"organization":{"slug":"acme"},"cluster":{"name":"main"}}"#).unwrap();
+        assert!(
+            text.contains("buildkite_total_scheduled_jobs_count{cluster=\"main\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "buildkite_queues_busy_agent_percentage{queue=\"linux\",cluster=\"main\"} 100"
+            ),
+            "{text}"
+        );
+        let empty: QueueMetrics =
+            serde_json::from_str(r#"{"organization":{"slug":"acme"},"cluster":{"name":"main"}}"#)
+                .unwrap();
         telemetry.record_queue_metrics(&empty);
         assert!(!telemetry.encode().contains("queue=\"linux\""));
     }

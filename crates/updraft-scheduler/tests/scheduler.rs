@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::{acquires, config_text, emulator, wait_until, AgentBackend};
 use updraft_backends::{Backend, LaunchName};
-use updraft_emulator::{EmulatorHandle, PushFaults, PushTargets, WebhookAuth, WebhookTarget};
 use updraft_buildkite::stacks::{RegisterStack, StacksClient};
+use updraft_emulator::{EmulatorHandle, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget};
 use updraft_model::{JobState, Secret};
 use updraft_scheduler::ledger::{Ledger, NewReservation};
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
@@ -46,24 +46,43 @@ fn pipeline_yaml(count: usize) -> String {
             1 => "{queue: linux, docker: \"true\"}",
             _ => "{queue: mac}",
         };
-        yaml.push_str(&format!("  - command: \"echo {i}\"\n    key: \"s{i}\"\n    agents: {agents}\n"));
+        yaml.push_str(&format!(
+            "  - command: \"echo {i}\"\n    key: \"s{i}\"\n    agents: {agents}\n"
+        ));
     }
     yaml
 }
 
 fn backends(backend: &AgentBackend) -> BTreeMap<String, Arc<dyn Backend>> {
-    [("local".to_string(), Arc::new(backend.clone()) as Arc<dyn Backend>)].into_iter().collect()
+    [(
+        "local".to_string(),
+        Arc::new(backend.clone()) as Arc<dyn Backend>,
+    )]
+    .into_iter()
+    .collect()
 }
 
-async fn start(emulator: &EmulatorHandle, dir: &std::path::Path, backend: &AgentBackend, extra: &str) -> SchedulerHandle {
-    let config = Config::parse(&config_text(emulator, dir, THREE_FLEETS, extra)).expect("config parses");
-    Scheduler::start(config, backends(backend)).await.expect("scheduler starts")
+async fn start(
+    emulator: &EmulatorHandle,
+    dir: &std::path::Path,
+    backend: &AgentBackend,
+    extra: &str,
+) -> SchedulerHandle {
+    let config =
+        Config::parse(&config_text(emulator, dir, THREE_FLEETS, extra)).expect("config parses");
+    Scheduler::start(config, backends(backend))
+        .await
+        .expect("scheduler starts")
 }
 
 fn command_jobs(emulator: &EmulatorHandle, jobs: &[Uuid]) -> Vec<Uuid> {
     jobs.iter()
         .copied()
-        .filter(|j| emulator.job_timeline(*j).is_some_and(|t| t["type"] == "script"))
+        .filter(|j| {
+            emulator
+                .job_timeline(*j)
+                .is_some_and(|t| t["type"] == "script")
+        })
         .collect()
 }
 
@@ -71,14 +90,35 @@ fn all_in(emulator: &EmulatorHandle, jobs: &[Uuid], state: JobState) -> bool {
     jobs.iter().all(|j| emulator.job_state(*j) == Some(state))
 }
 
-fn assert_one_launch_and_acquire_each(emulator: &EmulatorHandle, backend: &AgentBackend, jobs: &[Uuid]) {
+fn assert_one_launch_and_acquire_each(
+    emulator: &EmulatorHandle,
+    backend: &AgentBackend,
+    jobs: &[Uuid],
+) {
     let started = backend.launches_started();
     for job in jobs {
-        assert_eq!(acquires(emulator, *job), 1, "job {job} acquired {} times", acquires(emulator, *job));
-        assert_eq!(started.get(&LaunchName::for_job(*job)), Some(&1), "job {job} launches");
+        assert_eq!(
+            acquires(emulator, *job),
+            1,
+            "job {job} acquired more than once: {:#}",
+            emulator.job_timeline(*job).unwrap_or_default()
+        );
+        assert_eq!(
+            started.get(&LaunchName::for_job(*job)),
+            Some(&1),
+            "job {job} launches"
+        );
     }
-    assert_eq!(started.len(), jobs.len(), "launches for jobs that were not asked for");
-    assert!(backend.errors().is_empty(), "agent errors: {:?}", backend.errors());
+    assert_eq!(
+        started.len(),
+        jobs.len(),
+        "launches for jobs that were not asked for"
+    );
+    assert!(
+        backend.errors().is_empty(),
+        "agent errors: {:?}",
+        backend.errors()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +126,9 @@ async fn many_jobs_across_fleets_and_queues_are_each_acquired_once() {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(200)));
-    emulator.create_pipeline("many", &pipeline_yaml(30)).unwrap();
+    emulator
+        .create_pipeline("many", &pipeline_yaml(30))
+        .unwrap();
     let mut jobs = Vec::new();
     for _ in 0..3 {
         jobs.extend(emulator.create_build("many").unwrap().job_ids);
@@ -94,11 +136,17 @@ async fn many_jobs_across_fleets_and_queues_are_each_acquired_once() {
     let jobs = command_jobs(&emulator, &jobs);
     assert_eq!(jobs.len(), 90);
     let scheduler = start(&emulator, dir.path(), &backend, "").await;
-    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     let stats = scheduler.stats();
     assert_eq!(stats.launched, 90);
-    assert!(stats.pickups.iter().all(|p| p.source == updraft_scheduler::Source::Pull));
+    assert!(stats
+        .pickups
+        .iter()
+        .all(|p| p.source == updraft_scheduler::Source::Pull));
     scheduler.shutdown().await.unwrap();
 }
 
@@ -112,8 +160,35 @@ async fn a_burst_of_many_pages_is_launched_once_each() {
     let jobs = command_jobs(&emulator, &emulator.create_build("burst").unwrap().job_ids);
     assert_eq!(jobs.len(), 600);
     let fleets = "[[fleet]]\nname = \"linux\"\nqueue = \"linux\"\nmax_in_flight = 400\n\n[[fleet]]\nname = \"mac\"\nqueue = \"mac\"\nmax_in_flight = 100\n";
-    let text = config_text(&emulator, dir.path(), fleets, "").replace("poll_interval_ms = 1000", "poll_interval_ms = 1000\npage_limit = 100");
-    let scheduler = Scheduler::start(Config::parse(&text).unwrap(), backends(&backend)).await.unwrap();
+    let text = config_text(&emulator, dir.path(), fleets, "").replace(
+        "poll_interval_ms = 1000",
+        "poll_interval_ms = 1000\npage_limit = 100",
+    );
+    let scheduler = Scheduler::start(Config::parse(&text).unwrap(), backends(&backend))
+        .await
+        .unwrap();
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildkites_rate_limits_slow_the_scheduler_down_without_losing_a_job() {
+    let emulator = emulator().await;
+    emulator.set_rate_limits(RateLimitConfig::reference());
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(50)));
+    let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
+    push_to(&emulator, &scheduler, "hook-secret");
+    emulator.create_pipeline("limited", &pipeline_yaml(30)).unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..2 {
+        jobs.extend(emulator.create_build("limited").unwrap().job_ids);
+    }
+    let jobs = command_jobs(&emulator, &jobs);
     wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     scheduler.shutdown().await.unwrap();
@@ -138,36 +213,56 @@ async fn push_and_pull_together_never_launch_a_job_twice() {
     let backend = AgentBackend::new(Some(Duration::from_millis(100)));
     let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
     push_to(&emulator, &scheduler, "hook-secret");
-    emulator.set_push_faults(PushFaults { duplicate_fraction: 0.5, ..PushFaults::default() });
-    emulator.create_pipeline("both", &pipeline_yaml(12)).unwrap();
+    emulator.set_push_faults(PushFaults {
+        duplicate_fraction: 0.5,
+        ..PushFaults::default()
+    });
+    emulator
+        .create_pipeline("both", &pipeline_yaml(12))
+        .unwrap();
     let mut jobs = Vec::new();
     for _ in 0..3 {
         jobs.extend(emulator.create_build("both").unwrap().job_ids);
     }
     let jobs = command_jobs(&emulator, &jobs);
-    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     scheduler.shutdown().await.unwrap();
 }
 
 /// Start with pull effectively off (its only poll runs at start-up, before any job exists),
 /// point the emulator's push at the scheduler, and check every job comes in by push.
-async fn push_alone_launches_every_job(extra: &str, targets: impl Fn(&SchedulerHandle) -> PushTargets) {
+async fn push_alone_launches_every_job(
+    extra: &str,
+    targets: impl Fn(&SchedulerHandle) -> PushTargets,
+) {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(100)));
     let text = config_text(&emulator, dir.path(), THREE_FLEETS, extra);
-    let env = vec![("UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(), "3600000".to_string())];
+    let env = vec![(
+        "UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(),
+        "3600000".to_string(),
+    )];
     let config = Config::parse_with_env(&text, env).unwrap();
     let scheduler = Scheduler::start(config, backends(&backend)).await.unwrap();
     emulator.set_push_targets(targets(&scheduler));
     emulator.create_pipeline("push", &pipeline_yaml(9)).unwrap();
     let jobs = command_jobs(&emulator, &emulator.create_build("push").unwrap().job_ids);
-    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     let stats = scheduler.stats();
     assert_eq!(stats.pickups.len(), jobs.len());
-    assert!(stats.pickups.iter().all(|p| p.source == updraft_scheduler::Source::Push));
+    assert!(stats
+        .pickups
+        .iter()
+        .all(|p| p.source == updraft_scheduler::Source::Push));
     scheduler.shutdown().await.unwrap();
 }
 
@@ -185,9 +280,14 @@ async fn signed_webhooks_alone_launch_every_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eventbridge_events_alone_launch_every_job() {
-    push_alone_launches_every_job("[push]\nallow_unsigned_eventbridge = true\n", |scheduler| PushTargets {
-        webhook: None,
-        eventbridge_url: Some(format!("http://{}/events/eventbridge", scheduler.push_addr())),
+    push_alone_launches_every_job("[push]\nallow_unsigned_eventbridge = true\n", |scheduler| {
+        PushTargets {
+            webhook: None,
+            eventbridge_url: Some(format!(
+                "http://{}/events/eventbridge",
+                scheduler.push_addr()
+            )),
+        }
     })
     .await;
 }
@@ -199,12 +299,27 @@ async fn when_every_push_is_dropped_pull_still_runs_everything() {
     let backend = AgentBackend::new(Some(Duration::from_millis(100)));
     let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
     push_to(&emulator, &scheduler, "hook-secret");
-    emulator.set_push_faults(PushFaults { drop_fraction: 1.0, ..PushFaults::default() });
-    emulator.create_pipeline("dropped", &pipeline_yaml(9)).unwrap();
-    let jobs = command_jobs(&emulator, &emulator.create_build("dropped").unwrap().job_ids);
-    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    emulator.set_push_faults(PushFaults {
+        drop_fraction: 1.0,
+        ..PushFaults::default()
+    });
+    emulator
+        .create_pipeline("dropped", &pipeline_yaml(9))
+        .unwrap();
+    let jobs = command_jobs(
+        &emulator,
+        &emulator.create_build("dropped").unwrap().job_ids,
+    );
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
-    assert!(scheduler.stats().pickups.iter().all(|p| p.source == updraft_scheduler::Source::Pull));
+    assert!(scheduler
+        .stats()
+        .pickups
+        .iter()
+        .all(|p| p.source == updraft_scheduler::Source::Pull));
     scheduler.shutdown().await.unwrap();
 }
 
@@ -214,12 +329,26 @@ async fn canceling_a_running_job_stops_its_launch() {
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(None).ignoring_cancellation();
     let scheduler = start(&emulator, dir.path(), &backend, "").await;
-    emulator.create_pipeline("cancel", "steps:\n  - command: \"sleep 600\"\n    agents: {queue: mac}\n").unwrap();
+    emulator
+        .create_pipeline(
+            "cancel",
+            "steps:\n  - command: \"sleep 600\"\n    agents: {queue: mac}\n",
+        )
+        .unwrap();
     let job = command_jobs(&emulator, &emulator.create_build("cancel").unwrap().job_ids)[0];
-    wait_until(LIMIT, "the job running", || emulator.job_state(job) == Some(JobState::Running)).await;
+    wait_until(LIMIT, "the job running", || {
+        emulator.job_state(job) == Some(JobState::Running)
+    })
+    .await;
     emulator.cancel_job(job).unwrap();
-    wait_until(LIMIT, "a stop for the launch", || backend.stops().contains(&LaunchName::for_job(job))).await;
-    wait_until(LIMIT, "the job canceled", || emulator.job_state(job) == Some(JobState::Canceled)).await;
+    wait_until(LIMIT, "a stop for the launch", || {
+        backend.stops().contains(&LaunchName::for_job(job))
+    })
+    .await;
+    wait_until(LIMIT, "the job canceled", || {
+        emulator.job_state(job) == Some(JobState::Canceled)
+    })
+    .await;
     wait_until(LIMIT, "the launch deleted", || backend.live() == 0).await;
     assert_eq!(acquires(&emulator, job), 1);
     scheduler.shutdown().await.unwrap();
@@ -230,13 +359,21 @@ async fn a_restart_on_the_same_ledger_converges_without_a_second_launch() {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(1500)));
-    emulator.create_pipeline("restart", &pipeline_yaml(24)).unwrap();
-    let jobs = command_jobs(&emulator, &emulator.create_build("restart").unwrap().job_ids);
+    emulator
+        .create_pipeline("restart", &pipeline_yaml(24))
+        .unwrap();
+    let jobs = command_jobs(
+        &emulator,
+        &emulator.create_build("restart").unwrap().job_ids,
+    );
     let first = start(&emulator, dir.path(), &backend, "").await;
     wait_until(LIMIT, "some launches", || first.stats().launched >= 5).await;
     first.shutdown().await.unwrap();
     let second = start(&emulator, dir.path(), &backend, "").await;
-    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     wait_until(LIMIT, "finished launches deleted", || backend.live() == 0).await;
     second.shutdown().await.unwrap();
@@ -247,23 +384,59 @@ async fn jobs_reserved_before_a_crash_are_launched_on_start_up() {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(100)));
-    emulator.create_pipeline("crash", "steps:\n  - command: \"true\"\n    agents: {queue: mac}\n    parallelism: 2\n").unwrap();
+    emulator
+        .create_pipeline(
+            "crash",
+            "steps:\n  - command: \"true\"\n    agents: {queue: mac}\n    parallelism: 2\n",
+        )
+        .unwrap();
     let jobs = command_jobs(&emulator, &emulator.create_build("crash").unwrap().job_ids);
     let [reserved, not_yet] = [jobs[0], jobs[1]];
     // A previous process wrote both jobs to the ledger, then died: one reserve call landed,
     // the other never did.
-    let stacks = StacksClient::new(&emulator.agent_endpoint(), &emulator.agent_token(), "test-mac", Default::default()).unwrap();
+    let stacks = StacksClient::new(
+        &emulator.agent_endpoint(),
+        &emulator.agent_token(),
+        "test-mac",
+        Default::default(),
+    )
+    .unwrap();
     stacks
-        .register(&RegisterStack { key: "test-mac".into(), stack_type: "custom".into(), queue_key: "mac".into(), metadata: Default::default() })
+        .register(&RegisterStack {
+            key: "test-mac".into(),
+            stack_type: "custom".into(),
+            queue_key: "mac".into(),
+            metadata: Default::default(),
+        })
         .await
         .unwrap();
-    assert_eq!(stacks.batch_reserve(&[reserved], None).await.unwrap().reserved, vec![reserved]);
+    assert_eq!(
+        stacks
+            .batch_reserve(&[reserved], None)
+            .await
+            .unwrap()
+            .reserved,
+        vec![reserved]
+    );
     let ledger = Ledger::open(&dir.path().join("ledger.sqlite")).unwrap();
-    let row = |id| NewReservation { id, fleet: "mac".into(), queue: "mac".into(), priority: 0, scheduled_at_ms: 0, source: "pull", expires_at_ms: 0 };
-    ledger.record_reserved(&[row(reserved), row(not_yet)]).unwrap();
+    let row = |id| NewReservation {
+        id,
+        fleet: "mac".into(),
+        queue: "mac".into(),
+        priority: 0,
+        scheduled_at_ms: 0,
+        source: "pull",
+        expires_at_ms: 0,
+    };
+    ledger
+        .record_reserved(&[row(reserved), row(not_yet)])
+        .unwrap();
     drop(ledger);
     let scheduler = start(&emulator, dir.path(), &backend, "").await;
-    wait_until(LIMIT, "both jobs passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    wait_until(LIMIT, "both jobs passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     scheduler.shutdown().await.unwrap();
 }
@@ -275,20 +448,38 @@ async fn a_job_no_fleet_serves_is_told_why_and_shown_on_the_status_page() {
     let backend = AgentBackend::new(Some(Duration::from_millis(100)));
     let scheduler = start(&emulator, dir.path(), &backend, "").await;
     emulator
-        .create_pipeline("arm", "steps:\n  - command: \"uname -m\"\n    agents: {queue: linux, arch: arm64}\n")
+        .create_pipeline(
+            "arm",
+            "steps:\n  - command: \"uname -m\"\n    agents: {queue: linux, arch: arm64}\n",
+        )
         .unwrap();
     let job = command_jobs(&emulator, &emulator.create_build("arm").unwrap().job_ids)[0];
     let reason = "no fleet on queue=linux has arch=arm64";
     wait_until(LIMIT, "the notification", || {
-        emulator.job_timeline(job).is_some_and(|t| t["notifications"].to_string().contains(reason))
+        emulator
+            .job_timeline(job)
+            .is_some_and(|t| t["notifications"].to_string().contains(reason))
     })
     .await;
-    let page = reqwest::get(format!("http://{}/status", scheduler.http_addr())).await.unwrap().text().await.unwrap();
+    let page = reqwest::get(format!("http://{}/status", scheduler.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains(reason), "{page}");
     assert!(!page.contains(emulator.agent_token().expose()));
-    let metrics = reqwest::get(format!("http://{}/metrics", scheduler.http_addr())).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("http://{}/metrics", scheduler.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("updraft_jobs_seen_total"), "{metrics}");
-    assert!(metrics.contains("updraft_reconcile_passes_total"), "{metrics}");
+    assert!(
+        metrics.contains("updraft_reconcile_passes_total"),
+        "{metrics}"
+    );
     assert_eq!(emulator.job_state(job), Some(JobState::Scheduled));
     assert!(backend.launches_started().is_empty());
     scheduler.shutdown().await.unwrap();
@@ -300,13 +491,26 @@ async fn max_in_flight_holds_jobs_back_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(None);
     let scheduler = start(&emulator, dir.path(), &backend, "").await;
-    let yaml = "steps:\n".to_string() + &"  - command: \"sleep 600\"\n    agents: {queue: mac}\n".repeat(5);
+    let yaml = "steps:\n".to_string()
+        + &"  - command: \"sleep 600\"\n    agents: {queue: mac}\n".repeat(5);
     emulator.create_pipeline("held", &yaml).unwrap();
     let jobs = command_jobs(&emulator, &emulator.create_build("held").unwrap().job_ids);
-    wait_until(LIMIT, "three running", || jobs.iter().filter(|j| emulator.job_state(**j) == Some(JobState::Running)).count() == 3).await;
+    wait_until(LIMIT, "three running", || {
+        jobs.iter()
+            .filter(|j| emulator.job_state(**j) == Some(JobState::Running))
+            .count()
+            == 3
+    })
+    .await;
     let reason = "fleet mac at max_in_flight 3/3";
     wait_until(LIMIT, "the held jobs told why", || {
-        jobs.iter().filter(|j| emulator.job_timeline(**j).is_some_and(|t| t["notifications"].to_string().contains(reason))).count()
+        jobs.iter()
+            .filter(|j| {
+                emulator
+                    .job_timeline(**j)
+                    .is_some_and(|t| t["notifications"].to_string().contains(reason))
+            })
+            .count()
             == 2
     })
     .await;
@@ -324,9 +528,15 @@ async fn a_wrong_agent_token_stops_start_up_with_a_clear_error() {
     let text = config_text(&emulator, dir.path(), THREE_FLEETS, "")
         .replace(emulator.agent_token().expose(), "bkct_wrong");
     let config = Config::parse(&text).unwrap();
-    let error = Scheduler::start(config, backends(&AgentBackend::new(None))).await.err().expect("start fails");
+    let error = Scheduler::start(config, backends(&AgentBackend::new(None)))
+        .await
+        .err()
+        .expect("start fails");
     let message = format!("{error:#}");
-    assert!(message.contains("401") && message.contains("agent_token"), "{message}");
+    assert!(
+        message.contains("401") && message.contains("agent_token"),
+        "{message}"
+    );
     assert!(!message.contains("bkct_wrong"), "{message}");
 }
 
@@ -336,7 +546,10 @@ async fn push_requests_with_a_bad_signature_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let scheduler = start(&emulator, dir.path(), &AgentBackend::new(None), PUSH).await;
     let response = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/buildkite", scheduler.push_addr()))
+        .post(format!(
+            "http://{}/webhooks/buildkite",
+            scheduler.push_addr()
+        ))
         .header("X-Buildkite-Event", "job.scheduled")
         .header("X-Buildkite-Token", "not-the-token")
         .body("{}")

@@ -118,3 +118,72 @@ async fn bad_flags_are_explained_in_one_line() {
     assert_eq!(code, 1);
     assert_one_line_error(&stderr, "--tags: \"linux\" is not key=value");
 }
+
+/// `updraft agent start` in pool mode (no --acquire-job), configured by flags.
+fn pool_process(emulator: &updraft_emulator::EmulatorHandle, build_path: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_updraft"));
+    command
+        .args(["agent", "start", "--tags", "queue=default,os=linux", "--build-path"])
+        .arg(build_path)
+        .args(["--token", emulator.agent_token().expose(), "--endpoint", &emulator.agent_endpoint()])
+        .env_remove("BUILDKITE_AGENT_ACQUIRE_JOB")
+        .env("UPDRAFT_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_agent_process_serves_jobs_until_idle() {
+    let emulator = emulator().await;
+    pipeline(&emulator, "pool", &["echo first".to_string(), "echo second".to_string()]);
+    let jobs = emulator.create_build("pool").unwrap().job_ids;
+    let builds = tempfile::tempdir().unwrap();
+    let mut command = pool_process(&emulator, builds.path());
+    command.args(["--disconnect-after-idle-timeout", "2"]);
+    let (code, stdout, stderr) = run_to_end(command).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(emulator.job_log(jobs[0]).unwrap(), b"first\n");
+    assert_eq!(emulator.job_log(jobs[1]).unwrap(), b"second\n");
+    assert!(jobs.iter().all(|j| emulator.job_state(*j) == Some(JobState::Passed)));
+    assert_no_token(&(stdout + &stderr), &emulator);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_job_finish_and_a_second_one_stops_it() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let emulator = emulator().await;
+    pipeline(
+        &emulator,
+        "signals",
+        &["echo begun; sleep 3; echo ended".to_string(), "echo begun; sleep 30".to_string()],
+    );
+    let jobs = emulator.create_build("signals").unwrap().job_ids;
+    let builds = tempfile::tempdir().unwrap();
+
+    for (job, signals, expected_state) in [(jobs[0], 1, JobState::Passed), (jobs[1], 2, JobState::Failed)] {
+        let child = agent_process(&emulator, builds.path(), job).spawn().unwrap();
+        let pid = Pid::from_raw(child.id().unwrap() as i32);
+        let waiting = tokio::spawn(child.wait_with_output());
+        let started = Instant::now();
+        while emulator.job_log(job).is_none_or(|log| log.is_empty()) {
+            assert!(started.elapsed() < Duration::from_secs(20), "the job never started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for n in 0..signals {
+            if let Err(e) = kill(pid, Signal::SIGTERM) {
+                let output = waiting.await.unwrap().unwrap();
+                panic!("signal {n} for {job}: {e}: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let output = waiting.await.unwrap().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(emulator.job_state(job), Some(expected_state));
+    }
+    assert_eq!(emulator.job_log(jobs[0]).unwrap(), b"begun\nended\n");
+    assert_eq!(emulator.job_timeline(jobs[1]).unwrap()["signal_reason"], "agent_stop");
+}

@@ -4,7 +4,11 @@
 
 mod agents;
 pub mod json;
+mod actions;
+mod deadlines;
+mod groups;
 mod lifecycle;
+mod transitions;
 pub mod model;
 mod running;
 pub mod stacks;
@@ -114,6 +118,10 @@ pub struct State {
     pub stacks: BTreeMap<String, Stack>,
     /// Queues whose dispatch is paused (`/_emulator/queues/{key}/pause`).
     pub paused_queues: BTreeSet<String>,
+    /// Jobs waiting for a concurrency-group slot, oldest first, by group.
+    pub limited: HashMap<String, VecDeque<Uuid>>,
+    /// Groups where a job just ended, so a `limited` job may take its slot.
+    groups_to_release: Vec<String>,
     pub counters: Counters,
     pub push_enabled: bool,
     outbox: Vec<Event>,
@@ -150,6 +158,8 @@ impl State {
             acquisition_tokens: HashMap::new(),
             stacks: BTreeMap::new(),
             paused_queues: BTreeSet::new(),
+            limited: HashMap::new(),
+            groups_to_release: Vec::new(),
             counters: Counters::default(),
             push_enabled: false,
             outbox: Vec::new(),
@@ -159,6 +169,14 @@ impl State {
 
     pub fn now() -> Time {
         Utc::now()
+    }
+
+    pub(crate) fn release_group_later(&mut self, group: String) {
+        self.groups_to_release.push(group);
+    }
+
+    pub(crate) fn next_group_to_release(&mut self) -> Option<String> {
+        self.groups_to_release.pop()
     }
 
     pub(crate) fn emit(&mut self, event: Event) {

@@ -189,6 +189,9 @@ pub struct Job {
     pub stack_finish_detail: Option<String>,
     /// Why a `broken` job cannot run, e.g. `branch_mismatch`.
     pub broken_reason: Option<&'static str>,
+    /// This job's entry in Stacks `scheduled-jobs`, serialized once (its fields do not change
+    /// while it is scheduled).
+    pub scheduled_json: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -19,7 +19,9 @@ pub fn normalize_queue(key: &str) -> &str {
 }
 
 pub struct ScheduledPage {
-    pub jobs: Vec<Value>,
+    /// The `jobs` array, already serialized (each job's JSON is cached while it is scheduled,
+    /// so polling is cheap).
+    pub jobs_json: String,
     pub end_cursor: Option<String>,
     pub has_next_page: bool,
     pub queue: String,
@@ -99,8 +101,7 @@ impl State {
             .ok_or_else(|| ApiError::not_found(format!("No stack registered with key {key:?}")))?;
         stack.last_polled_at = Some(now);
         let queue = normalize_queue(queue.unwrap_or(&stack.queue_key)).to_string();
-        let mut jobs = Vec::new();
-        let mut last_seq = None;
+        let mut page: Vec<(u64, Uuid)> = Vec::new();
         let mut has_next_page = false;
         let start = after.map_or(0, |a| a + 1);
         for (&seq, job_id) in self.scheduled.range(start..) {
@@ -110,15 +111,34 @@ impl State {
             if job.step.agents.queue() != queue {
                 continue;
             }
-            if jobs.len() == limit {
+            if page.len() == limit {
                 has_next_page = true;
                 break;
             }
-            jobs.push(self.scheduled_job_json(job));
-            last_seq = Some(seq);
+            page.push((seq, *job_id));
         }
+        let mut fragments: Vec<std::sync::Arc<str>> = Vec::with_capacity(page.len());
+        for (_, job_id) in &page {
+            let Some(job) = self.jobs.get(job_id) else {
+                continue;
+            };
+            let fragment = match &job.scheduled_json {
+                Some(fragment) => fragment.clone(),
+                None => {
+                    let fragment: std::sync::Arc<str> =
+                        self.scheduled_job_json(job).to_string().into();
+                    if let Some(job) = self.jobs.get_mut(job_id) {
+                        job.scheduled_json = Some(fragment.clone());
+                    }
+                    fragment
+                }
+            };
+            fragments.push(fragment);
+        }
+        let jobs_json = format!("[{}]", fragments.join(","));
+        let last_seq = page.last().map(|(seq, _)| *seq);
         Ok(ScheduledPage {
-            jobs,
+            jobs_json,
             end_cursor: last_seq.map(|s| s.to_string()),
             has_next_page,
             paused: self.paused_queues.contains(&queue),

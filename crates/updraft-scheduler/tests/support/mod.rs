@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use updraft_backends::{Backend, BackendError, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus};
+use updraft_backends::{
+    Backend, BackendError, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus,
+};
 use updraft_buildkite::{ApiClient, AuthScheme, ClientOptions, RetryPolicy, Secret};
 use updraft_emulator::{EmulatorConfig, EmulatorHandle};
 use uuid::Uuid;
@@ -45,7 +47,11 @@ impl AgentBackend {
     /// Each simulated job runs `run_for` and finishes with exit 0; `None` runs until the job
     /// is canceled or the launch is stopped.
     pub fn new(run_for: Option<Duration>) -> Self {
-        AgentBackend { book: Arc::default(), run_for, watch_cancel: true }
+        AgentBackend {
+            book: Arc::default(),
+            run_for,
+            watch_cancel: true,
+        }
     }
 
     /// The agents never look at their job's state, so only a stop from the scheduler ends
@@ -80,17 +86,35 @@ impl AgentBackend {
 
 fn client(endpoint: &str, token: &Secret) -> ApiClient {
     let options = ClientOptions {
-        retry: RetryPolicy { max_attempts: 5, ..RetryPolicy::default() },
+        retry: RetryPolicy {
+            max_attempts: 5,
+            ..RetryPolicy::default()
+        },
         ..ClientOptions::default()
     };
     ApiClient::new(endpoint, token, AuthScheme::Token, options).expect("client")
 }
 
 /// The acquire-mode agent flow of reference §1.5, just enough of it.
-async fn run_agent(spec: LaunchSpec, run_for: Option<Duration>, watch_cancel: bool, stop: Arc<tokio::sync::Notify>) -> Result<i32, String> {
-    let endpoint = spec.env.get("BUILDKITE_AGENT_ENDPOINT").ok_or("no endpoint in the launch env")?;
-    let job = spec.env.get("BUILDKITE_AGENT_ACQUIRE_JOB").ok_or("no job in the launch env")?.clone();
-    let jat = spec.secrets.get("BUILDKITE_AGENT_TOKEN").ok_or("no agent token in the launch secrets")?;
+async fn run_agent(
+    spec: LaunchSpec,
+    run_for: Option<Duration>,
+    watch_cancel: bool,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<i32, String> {
+    let endpoint = spec
+        .env
+        .get("BUILDKITE_AGENT_ENDPOINT")
+        .ok_or("no endpoint in the launch env")?;
+    let job = spec
+        .env
+        .get("BUILDKITE_AGENT_ACQUIRE_JOB")
+        .ok_or("no job in the launch env")?
+        .clone();
+    let jat = spec
+        .secrets
+        .get("BUILDKITE_AGENT_TOKEN")
+        .ok_or("no agent token in the launch secrets")?;
     let register: Value = client(endpoint, jat)
         .json(client(endpoint, jat).request(Method::POST, "register").json(&json!({
             "name": spec.name.to_string(),
@@ -100,17 +124,36 @@ async fn run_agent(spec: LaunchSpec, run_for: Option<Duration>, watch_cancel: bo
         })))
         .await
         .map_err(|e| format!("register: {e}"))?;
-    let session = Secret::new(register["access_token"].as_str().ok_or("register gave no access_token")?);
+    let session = Secret::new(
+        register["access_token"]
+            .as_str()
+            .ok_or("register gave no access_token")?,
+    );
     let agent = client(endpoint, &session);
-    agent.send(agent.request(Method::POST, "connect")).await.map_err(|e| format!("connect: {e}"))?;
+    agent
+        .send(agent.request(Method::POST, "connect"))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
     let acquired: Value = agent
-        .json(agent.request(Method::PUT, &format!("jobs/{job}/acquire")).header("X-Buildkite-Lock-Acquire-Job", "1"))
+        .json(
+            agent
+                .request(Method::PUT, &format!("jobs/{job}/acquire"))
+                .header("X-Buildkite-Lock-Acquire-Job", "1"),
+        )
         .await
         .map_err(|e| format!("acquire: {e}"))?;
-    let job_token = Secret::new(acquired["token"].as_str().ok_or("acquire gave no job token")?);
+    let job_token = Secret::new(
+        acquired["token"]
+            .as_str()
+            .ok_or("acquire gave no job token")?,
+    );
     let runner = client(endpoint, &job_token);
     runner
-        .send(runner.request(Method::PUT, &format!("jobs/{job}/start")).json(&json!({"started_at": Utc::now()})))
+        .send(
+            runner
+                .request(Method::PUT, &format!("jobs/{job}/start"))
+                .json(&json!({"started_at": Utc::now()})),
+        )
         .await
         .map_err(|e| format!("start: {e}"))?;
     let started = Instant::now();
@@ -140,7 +183,11 @@ async fn run_agent(spec: LaunchSpec, run_for: Option<Duration>, watch_cancel: bo
         json!({"exit_status": "0"})
     };
     runner
-        .send(runner.request(Method::PUT, &format!("jobs/{job}/finish")).json(&finish))
+        .send(
+            runner
+                .request(Method::PUT, &format!("jobs/{job}/finish"))
+                .json(&finish),
+        )
         .await
         .map_err(|e| format!("finish: {e}"))?;
     let _ = agent.send(agent.request(Method::POST, "disconnect")).await;
@@ -177,9 +224,15 @@ impl Backend for AgentBackend {
             let name = spec.name.clone();
             let phase = match run_agent(spec, this.run_for, this.watch_cancel, stop).await {
                 Ok(0) => LaunchPhase::Succeeded,
-                Ok(code) => LaunchPhase::Failed { reason: format!("exit {code}") },
+                Ok(code) => LaunchPhase::Failed {
+                    reason: format!("exit {code}"),
+                },
                 Err(error) => {
-                    this.book.lock().unwrap().errors.push(format!("{name}: {error}"));
+                    this.book
+                        .lock()
+                        .unwrap()
+                        .errors
+                        .push(format!("{name}: {error}"));
                     LaunchPhase::Failed { reason: error }
                 }
             };
@@ -220,12 +273,19 @@ impl Backend for AgentBackend {
 }
 
 pub async fn emulator() -> EmulatorHandle {
-    updraft_emulator::start(EmulatorConfig::default()).await.expect("emulator starts")
+    updraft_emulator::start(EmulatorConfig::default())
+        .await
+        .expect("emulator starts")
 }
 
 /// A config for `emulator` with the given fleets (TOML `[[fleet]]` blocks) and extra
 /// top-level TOML, a fresh ledger in `dir`, HTTP on a free port.
-pub fn config_text(emulator: &EmulatorHandle, dir: &std::path::Path, fleets: &str, extra: &str) -> String {
+pub fn config_text(
+    emulator: &EmulatorHandle,
+    dir: &std::path::Path,
+    fleets: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [buildkite]
@@ -257,11 +317,17 @@ interval_ms = 300
 pub async fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let started = Instant::now();
     while !check() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 pub fn acquires(emulator: &EmulatorHandle, job: Uuid) -> u64 {
-    emulator.job_timeline(job).and_then(|t| t["acquires"].as_u64()).unwrap_or(0)
+    emulator
+        .job_timeline(job)
+        .and_then(|t| t["acquires"].as_u64())
+        .unwrap_or(0)
 }

@@ -38,7 +38,8 @@ pub struct PlanArgs {
 
 /// Parse and validate, including the backend names this binary knows.
 fn load(path: &Path) -> anyhow::Result<Result<Config, ConfigErrors>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     Ok(Config::parse_checked(&text, std::env::vars(), &BACKENDS))
 }
 
@@ -49,12 +50,18 @@ fn report_errors(path: &Path, errors: &ConfigErrors) -> ExitCode {
 
 async fn local_backend(config: &Config) -> anyhow::Result<LocalBackend> {
     let mut options = LocalOptions::new(&config.local.state_dir);
-    options.max_running_per_fleet =
-        config.fleets.iter().map(|fleet| (fleet.name.clone(), fleet.max_in_flight as usize)).collect();
+    options.max_running_per_fleet = config
+        .fleets
+        .iter()
+        .map(|fleet| (fleet.name.clone(), fleet.max_in_flight as usize))
+        .collect();
     options.stop_grace = config.local.stop_grace;
-    LocalBackend::open(options)
-        .await
-        .with_context(|| format!("opening the local backend in {}", config.local.state_dir.display()))
+    LocalBackend::open(options).await.with_context(|| {
+        format!(
+            "opening the local backend in {}",
+            config.local.state_dir.display()
+        )
+    })
 }
 
 async fn terminate_signal() -> anyhow::Result<&'static str> {
@@ -73,9 +80,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let local = local_backend(&config).await?;
     let backends: BTreeMap<String, Arc<dyn Backend>> =
-        [("local".to_string(), Arc::new(local) as Arc<dyn Backend>)].into_iter().collect();
+        [("local".to_string(), Arc::new(local) as Arc<dyn Backend>)]
+            .into_iter()
+            .collect();
     let scheduler = Scheduler::start(config, backends).await?;
-    println!("updraft: scheduler running; status page http://{}/status", scheduler.http_addr());
+    println!(
+        "updraft: scheduler running; status page http://{}/status",
+        scheduler.http_addr()
+    );
     tokio::select! {
         signal = terminate_signal() => {
             tracing::info!("{} received; stopping (launches keep running and are found again on restart)", signal?);

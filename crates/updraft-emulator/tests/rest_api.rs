@@ -522,3 +522,51 @@ async fn rest_rate_limit_per_organization() {
     let body = expect_json(response, StatusCode::TOO_MANY_REQUESTS).await;
     assert_eq!(body["scope"], "rest");
 }
+
+#[tokio::test]
+async fn list_jobs_of_a_build_with_cursor_pagination() {
+    let h = start().await;
+    h.create_pipeline(
+        "p",
+        "steps:\n  - command: a\n    key: a\n  - command: b\n  - command: c\n",
+    )
+    .await;
+    h.create_build("p").await;
+    let base = "/organizations/acme/pipelines/p/builds/1/jobs";
+    let page = expect_json(
+        h.v2(Method::GET, &format!("{base}?per_page=2"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let next = page["links"]["next"].as_str().unwrap().to_string();
+    assert!(page["links"]["self"].as_str().is_some());
+    let rest = h
+        .http
+        .get(&next)
+        .bearer_auth(h.emulator.api_token().expose())
+        .send()
+        .await
+        .unwrap();
+    let rest = expect_json(rest, StatusCode::OK).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 1);
+    assert!(rest["links"].get("next").is_none());
+    let keyed = expect_json(
+        h.v2(Method::GET, &format!("{base}?step_key=a&state[]=scheduled"))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(keyed["items"].as_array().unwrap().len(), 1);
+    let response = h
+        .v2(Method::GET, &format!("{base}?after=nope"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::BAD_REQUEST).await;
+}

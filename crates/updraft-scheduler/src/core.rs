@@ -59,6 +59,9 @@ pub(crate) struct State {
     pub launching: HashSet<Uuid>,
     /// The last reason sent to Buildkite per job, so a reason is not repeated every pass.
     pub notified: HashMap<Uuid, String>,
+    /// Launches already asked to stop; the backend escalates on its own, so one request per
+    /// launch is enough (a failed request is forgotten and made again).
+    pub stop_requested: HashSet<Uuid>,
 }
 
 pub(crate) struct Core {
@@ -113,6 +116,7 @@ impl Core {
                 limiter,
                 launching: HashSet::new(),
                 notified: HashMap::new(),
+                stop_requested: HashSet::new(),
             }),
             wake_dispatch: Notify::new(),
             wake_reconcile: Notify::new(),
@@ -288,6 +292,7 @@ impl Core {
             }
         }
         state.notified.remove(&job);
+        state.stop_requested.remove(&job);
         state.launching.remove(&job);
         drop(state);
         self.wake_dispatch.notify_one();

@@ -361,6 +361,33 @@ impl Ledger {
         })
     }
 
+    /// Buildkite would not reserve these jobs: close those still only `reserved` (a job the
+    /// reconciler meanwhile reserved again and launched keeps its launch). Returns the jobs
+    /// closed.
+    pub fn record_not_reserved(
+        &self,
+        jobs: &[Uuid],
+        detail: &str,
+    ) -> Result<Vec<Uuid>, LedgerError> {
+        let now = now_ms();
+        self.with_tx("recording refused reservations", |tx| {
+            let mut update = tx.prepare_cached(
+                "UPDATE jobs SET stage = 'done', stage_since_ms = ?2, outcome = ?3 WHERE id = ?1 AND stage = 'reserved'",
+            )?;
+            let mut transition =
+                tx.prepare_cached("INSERT INTO transitions (job_id, at_ms, stage, detail) VALUES (?1, ?2, 'done', ?3)")?;
+            let mut closed = Vec::new();
+            for job in jobs {
+                let id = job.to_string();
+                if update.execute(params![id, now, detail])? > 0 {
+                    transition.execute(params![id, now, detail])?;
+                    closed.push(*job);
+                }
+            }
+            Ok(closed)
+        })
+    }
+
     fn read_jobs(
         &self,
         sql: &str,
@@ -527,6 +554,27 @@ mod tests {
             .record_launching(&[Uuid::new_v4()])
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_refused_reservation_closes_only_jobs_not_yet_launching() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+        let (idle, launching) = (Uuid::new_v4(), Uuid::new_v4());
+        ledger
+            .record_reserved(&[reservation(idle), reservation(launching)])
+            .unwrap();
+        ledger.record_launching(&[launching]).unwrap();
+        assert_eq!(
+            ledger
+                .record_not_reserved(&[idle, launching], "taken")
+                .unwrap(),
+            vec![idle]
+        );
+        assert_eq!(
+            ledger.job(launching).unwrap().unwrap().stage,
+            Stage::Launching
+        );
     }
 
     #[test]

@@ -25,11 +25,25 @@
 //! # Ok(()) }
 //! ```
 //!
-//! The public surface is: [`Config`] (`load`, `parse`, `parse_with_env`), [`Scheduler::start`],
-//! [`SchedulerHandle`] (`http_addr`, `push_addr`, `stats`, `reconcile_now`, `stopped`,
-//! `shutdown`), [`StatsSnapshot`], and [`plan()`] for `updraft plan`. The decision functions
-//! ([`reconcile::decide`], [`router::route`], [`limiter::Limiter`]) are public for reading
-//! and testing; they do no I/O.
+//! The public surface is: [`Config`] (`load`, `parse`, `parse_with_env`, `parse_checked`;
+//! the format is shown in `updraft.example.toml` next to this crate's `Cargo.toml`),
+//! [`Scheduler::start`], [`SchedulerHandle`] (`http_addr`, `push_addr`, `stats`,
+//! `reconcile_now`, `stopped`, `shutdown`), [`StatsSnapshot`], and [`plan()`] for
+//! `updraft plan`. The decision functions ([`reconcile::decide`], [`router::route`],
+//! [`limiter::Limiter`]) and the [`ledger`] are public for reading and testing.
+//!
+//! # Rules it keeps
+//!
+//! - One Stacks API stack per served queue, keyed `<stack_key>-<queue>`: a stack reserves and
+//!   issues tokens only for its own queue.
+//! - The ledger records a reservation before Buildkite is asked, and a launch intent before
+//!   the backend is; a crash anywhere leaves a row the reconciler resolves from Buildkite's
+//!   job state and the backend's listing.
+//! - A job acquisition token is issued right before each launch; a job Buildkite issues no
+//!   token for is not launched. A relaunch happens only while Buildkite still shows the job
+//!   untaken, so no job is ever acquired twice.
+//! - `start` returns after one reconcile pass and one poll: everything scheduled at start-up
+//!   has been taken in.
 
 pub mod config;
 mod core;

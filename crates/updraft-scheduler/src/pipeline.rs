@@ -162,15 +162,10 @@ async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
         Ok(reservation) => {
             let reserved: std::collections::HashSet<Uuid> =
                 reservation.reserved.iter().copied().collect();
-            let refused: Vec<(Uuid, String)> = ids
+            let refused: Vec<Uuid> = ids
                 .iter()
+                .copied()
                 .filter(|id| !reserved.contains(id))
-                .map(|id| {
-                    (
-                        *id,
-                        "not reserved: taken elsewhere or no longer scheduled".to_string(),
-                    )
-                })
                 .collect();
             if !refused.is_empty() {
                 tracing::debug!(
@@ -179,15 +174,23 @@ async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
                     "Buildkite did not reserve some jobs"
                 );
                 let ledger = core.ledger.clone();
-                let closing = refused.clone();
-                if let Ok(Err(e)) =
-                    tokio::task::spawn_blocking(move || ledger.record_done(&closing)).await
-                {
-                    core.fail(format!("cannot write the ledger: {e}"));
-                    return false;
-                }
-                for (job, _) in &refused {
-                    core.release(*job);
+                let closed = tokio::task::spawn_blocking(move || {
+                    ledger.record_not_reserved(
+                        &refused,
+                        "not reserved: taken elsewhere or no longer scheduled",
+                    )
+                })
+                .await;
+                match closed {
+                    Ok(Ok(closed)) => closed.into_iter().for_each(|job| core.release(job)),
+                    Ok(Err(e)) => {
+                        core.fail(format!("cannot write the ledger: {e}"));
+                        return false;
+                    }
+                    Err(e) => {
+                        core.fail(format!("ledger writer panicked: {e}"));
+                        return false;
+                    }
                 }
             }
             for job in reservation.reserved {

@@ -177,14 +177,17 @@ async fn execute(
                 }
             }
             Action::Stop { job, reason } => {
-                if let Some(backend) = backend_of(&job) {
+                let first_request = core.state().stop_requested.insert(job);
+                if let (true, Some(backend)) = (first_request, backend_of(&job)) {
                     tracing::info!(%job, reason, "stopping launch");
                     if let Err(error) = backend.stop(&LaunchName::for_job(job)).await {
+                        core.state().stop_requested.remove(&job);
                         tracing::warn!(%error, %job, "stopping launch failed; will retry next pass");
                     }
                 }
             }
             Action::Delete { job } => {
+                core.state().stop_requested.remove(&job);
                 if let Some(backend) = backend_of(&job) {
                     if let Err(error) = backend.delete(&LaunchName::for_job(job)).await {
                         tracing::warn!(%error, %job, "deleting launch failed; will retry next pass");

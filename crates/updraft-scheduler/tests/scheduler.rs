@@ -155,14 +155,14 @@ async fn a_burst_of_many_pages_is_launched_once_each() {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::ZERO));
-    let yaml = "steps:\n  - command: \"true\"\n    agents: {queue: linux}\n    parallelism: 400\n  - command: \"true\"\n    agents: {queue: mac}\n    parallelism: 200\n";
+    let yaml = "steps:\n  - command: \"true\"\n    agents: {queue: linux}\n    parallelism: 200\n  - command: \"true\"\n    agents: {queue: mac}\n    parallelism: 100\n";
     emulator.create_pipeline("burst", yaml).unwrap();
     let jobs = command_jobs(&emulator, &emulator.create_build("burst").unwrap().job_ids);
-    assert_eq!(jobs.len(), 600);
+    assert_eq!(jobs.len(), 300);
     let fleets = "[[fleet]]\nname = \"linux\"\nqueue = \"linux\"\nmax_in_flight = 400\n\n[[fleet]]\nname = \"mac\"\nqueue = \"mac\"\nmax_in_flight = 100\n";
     let text = config_text(&emulator, dir.path(), fleets, "").replace(
         "poll_interval_ms = 1000",
-        "poll_interval_ms = 1000\npage_limit = 100",
+        "poll_interval_ms = 1000\npage_limit = 40",
     );
     let scheduler = Scheduler::start(Config::parse(&text).unwrap(), backends(&backend))
         .await

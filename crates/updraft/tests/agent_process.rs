@@ -113,10 +113,16 @@ async fn bad_flags_are_explained_in_one_line() {
     let emulator = emulator().await;
     let builds = tempfile::tempdir().unwrap();
     let mut command = agent_process(&emulator, builds.path(), uuid_like());
-    command.args(["--tags", "linux"]);
+    command.args(["--tags", "linux", "--ping-mode", "poll-only"]);
     let (code, _, stderr) = run_to_end(command).await;
     assert_eq!(code, 1);
     assert_one_line_error(&stderr, "--tags: \"linux\" is not key=value");
+
+    let mut command = agent_process(&emulator, builds.path(), uuid_like());
+    command.args(["--ping-mode", "stream-only"]);
+    let (code, _, stderr) = run_to_end(command).await;
+    assert_eq!(code, 1);
+    assert_one_line_error(&stderr, "--ping-mode stream-only is not supported");
 }
 
 /// `updraft agent start` in pool mode (no --acquire-job), configured by flags.

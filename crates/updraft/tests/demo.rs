@@ -17,7 +17,14 @@ fn field<'a>(summary: &'a str, prefix: &str) -> &'a str {
 /// The number after `label ` in a "passed 20 · failed 2 · …" line.
 fn count(line: &str, label: &str) -> usize {
     line.split(" · ")
-        .find_map(|part| part.trim().strip_prefix(label)?.trim().split_whitespace().next()?.parse().ok())
+        .find_map(|part| {
+            part.trim()
+                .strip_prefix(label)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or_else(|| panic!("no count for {label:?} in {line:?}"))
 }
 
@@ -32,33 +39,67 @@ fn the_demo_runs_the_sample_to_the_end_and_summarises_it() {
         .expect("run updraft demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "demo failed ({}):\n{stdout}\n{stderr}", output.status);
+    assert!(
+        output.status.success(),
+        "demo failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
 
-    assert!(stdout.contains("build #1  :hammer: compile"), "plain progress lines expected off a terminal:\n{stdout}");
-    assert!(stdout.contains("canceling build #2 while its jobs run"), "{stdout}");
+    assert!(
+        stdout.contains("build #1  :hammer: compile"),
+        "plain progress lines expected off a terminal:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("canceling build #2 while its jobs run"),
+        "{stdout}"
+    );
     assert!(stdout.contains("updraft demo: 2 builds"), "{stdout}");
-    assert_eq!(field(&stdout, "build #1  ").trim(), "failed", "build 1 runs to the end with its failing job");
+    assert_eq!(
+        field(&stdout, "build #1  ").trim(),
+        "failed",
+        "build 1 runs to the end with its failing job"
+    );
     assert_eq!(field(&stdout, "build #2  ").trim(), "canceled");
 
     let jobs = field(&stdout, "jobs: ");
-    assert_eq!(count(jobs, "failed"), 1, "only build 1 reaches the failing job: {jobs}");
-    assert!(count(jobs, "passed") >= 10, "build 1's ten other jobs pass: {jobs}");
+    assert_eq!(
+        count(jobs, "failed"),
+        1,
+        "only build 1 reaches the failing job: {jobs}"
+    );
+    assert!(
+        count(jobs, "passed") >= 10,
+        "build 1's ten other jobs pass: {jobs}"
+    );
     assert!(count(jobs, "canceled") >= 1, "{jobs}");
 
     let pickup = field(&stdout, "pickup latency (scheduled → launched): ");
-    assert!(pickup.starts_with("p50 ") && pickup.contains(" ms"), "{pickup}");
+    assert!(
+        pickup.starts_with("p50 ") && pickup.contains(" ms"),
+        "{pickup}"
+    );
     let largest = field(&stdout, "largest log: ");
-    assert!(largest.contains(":scroll: large log"), "the large-log job streams the most: {largest}");
-    assert!(field(&stdout, "status page: ").starts_with("http://127.0.0.1:"), "{stdout}");
+    assert!(
+        largest.contains(":scroll: large log"),
+        "the large-log job streams the most: {largest}"
+    );
+    assert!(
+        field(&stdout, "status page: ").starts_with("http://127.0.0.1:"),
+        "{stdout}"
+    );
 
     // With --state-dir the ledger stays for a look afterwards.
-    assert!(field(&stdout, "ledger and launch state kept in ").contains(&state.path().display().to_string()));
+    assert!(field(&stdout, "ledger and launch state kept in ")
+        .contains(&state.path().display().to_string()));
     assert!(state.path().join("ledger.sqlite").exists());
 }
 
 #[test]
 fn the_demo_explains_a_bad_argument() {
-    let output = Command::new(UPDRAFT).args(["demo", "--builds", "0"]).output().expect("run updraft demo");
+    let output = Command::new(UPDRAFT)
+        .args(["demo", "--builds", "0"])
+        .output()
+        .expect("run updraft demo");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--builds"), "{stderr}");

@@ -9,28 +9,32 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use updraft_backends::local::{LocalBackend, LocalOptions, LAUNCH_MARKER_VAR};
 use updraft_backends::{Backend, LaunchName};
 use updraft_buildkite::rest::RestClient;
 use updraft_buildkite::ClientOptions;
-use updraft_emulator::{BuildRef, EmulatorConfig, EmulatorHandle, JobState, PushFaults, PushTargets, WebhookAuth, WebhookTarget};
+use updraft_emulator::{
+    BuildRef, EmulatorConfig, EmulatorHandle, JobState, PushFaults, PushTargets, WebhookAuth,
+    WebhookTarget,
+};
 use updraft_model::Secret;
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
 
 const UPDRAFT: &str = env!("CARGO_BIN_EXE_updraft");
 /// (fleet, queue, extra tag) — three fleets over two queues.
-const FLEETS: [(&str, &str, Option<&str>); 3] =
-    [("linux-small", "linux", Some("size=small")), ("linux-large", "linux", Some("size=large")), ("mac", "mac", None)];
+const FLEETS: [(&str, &str, Option<&str>); 3] = [
+    ("linux-small", "linux", Some("size=small")),
+    ("linux-large", "linux", Some("size=large")),
+    ("mac", "mac", None),
+];
 /// Upper bound for a whole run to settle; scenarios end as soon as it does.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// Held by each scenario for its whole run. An async mutex: it is held across awaits, and a
+/// failing scenario releases it as it unwinds.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// An emulator and a state directory; schedulers come and go.
 struct World {
@@ -42,7 +46,9 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        let emulator = updraft_emulator::start(EmulatorConfig::default()).await.expect("emulator");
+        let emulator = updraft_emulator::start(EmulatorConfig::default())
+            .await
+            .expect("emulator");
         World {
             emulator,
             state: tempfile::tempdir().expect("temp dir"),
@@ -70,7 +76,9 @@ impl World {
             quote(&self.local_dir().to_string_lossy()),
         );
         for (name, queue, tag) in FLEETS {
-            let tags = tag.map(|t| format!("tags = [{}]\n", quote(t))).unwrap_or_default();
+            let tags = tag
+                .map(|t| format!("tags = [{}]\n", quote(t)))
+                .unwrap_or_default();
             text.push_str(&format!(
                 "\n[[fleet]]\nname = \"{name}\"\nqueue = \"{queue}\"\n{tags}max_in_flight = 8\n\n\
                  [fleet.template]\ncommand = [{}, \"agent\", \"start\", \"--acquire-job\", \"{{job_id}}\"]\n\
@@ -90,8 +98,14 @@ impl World {
 
     async fn start_scheduler(&self, local: &LocalBackend) -> SchedulerHandle {
         let config = Config::parse(&self.config_text("127.0.0.1:0")).expect("valid config");
-        let backends: BTreeMap<String, Arc<dyn Backend>> = [("local".to_string(), Arc::new(local.clone()) as Arc<dyn Backend>)].into();
-        Scheduler::start(config, backends).await.expect("scheduler starts")
+        let backends: BTreeMap<String, Arc<dyn Backend>> = [(
+            "local".to_string(),
+            Arc::new(local.clone()) as Arc<dyn Backend>,
+        )]
+        .into();
+        Scheduler::start(config, backends)
+            .await
+            .expect("scheduler starts")
     }
 
     fn push_to(&self, push_addr: std::net::SocketAddr) {
@@ -114,13 +128,18 @@ impl World {
         };
         let mut yaml = String::from("steps:\n");
         for (name, queue, tag) in FLEETS {
-            let extra = tag.and_then(|t| t.split_once('=')).map(|(k, v)| format!(", {k}: {v}")).unwrap_or_default();
+            let extra = tag
+                .and_then(|t| t.split_once('='))
+                .map(|(k, v)| format!(", {k}: {v}"))
+                .unwrap_or_default();
             yaml.push_str(&format!(
                 "  - label: {name}\n    command: {}\n    parallelism: {per_fleet}\n    agents: {{queue: {queue}{extra}}}\n",
                 serde_json::Value::String(command.to_string())
             ));
         }
-        self.emulator.create_pipeline(&slug, &yaml).expect("pipeline");
+        self.emulator
+            .create_pipeline(&slug, &yaml)
+            .expect("pipeline");
         let build = self.emulator.create_build(&slug).expect("build");
         assert_eq!(build.job_ids.len(), 3 * per_fleet as usize);
         (slug, build)
@@ -129,7 +148,11 @@ impl World {
     async fn wait_until_final(&self, build: &BuildRef) {
         let give_up = Instant::now() + PATIENCE;
         loop {
-            let states: Vec<Option<JobState>> = build.job_ids.iter().map(|j| self.emulator.job_state(*j)).collect();
+            let states: Vec<Option<JobState>> = build
+                .job_ids
+                .iter()
+                .map(|j| self.emulator.job_state(*j))
+                .collect();
             if states.iter().all(|s| s.is_some_and(JobState::is_terminal)) {
                 return;
             }
@@ -141,10 +164,18 @@ impl World {
                 let stuck: Vec<String> = build
                     .job_ids
                     .iter()
-                    .filter(|j| !self.emulator.job_state(**j).is_some_and(JobState::is_terminal))
+                    .filter(|j| {
+                        !self
+                            .emulator
+                            .job_state(**j)
+                            .is_some_and(JobState::is_terminal)
+                    })
                     .map(|j| self.diagnose(LaunchName::for_job(*j)))
                     .collect();
-                panic!("jobs did not all finish within {PATIENCE:?}: {counts:?}\n{}", stuck.join("\n"));
+                panic!(
+                    "jobs did not all finish within {PATIENCE:?}: {counts:?}\n{}",
+                    stuck.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -160,16 +191,27 @@ impl World {
                 entries
                     .flatten()
                     .filter(|e| e.path().is_file())
-                    .map(|e| format!("--- {}\n{}", e.file_name().to_string_lossy(), std::fs::read_to_string(e.path()).unwrap_or_default()))
+                    .map(|e| {
+                        format!(
+                            "--- {}\n{}",
+                            e.file_name().to_string_lossy(),
+                            std::fs::read_to_string(e.path()).unwrap_or_default()
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_else(|error| vec![format!("no launch directory: {error}")]);
-        let log = std::fs::read_to_string(self.state.path().join("scheduler.log")).unwrap_or_default();
-        let kept = std::env::temp_dir().join(format!("updraft-e2e-scheduler-{}.log", std::process::id()));
+        let log =
+            std::fs::read_to_string(self.state.path().join("scheduler.log")).unwrap_or_default();
+        let kept =
+            std::env::temp_dir().join(format!("updraft-e2e-scheduler-{}.log", std::process::id()));
         if !log.is_empty() && std::fs::write(&kept, &log).is_ok() {
             eprintln!("the scheduler's whole log is kept in {}", kept.display());
         }
-        let mentions: Vec<&str> = log.lines().filter(|l| l.contains(&job.to_string())).collect();
+        let mentions: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&job.to_string()))
+            .collect();
         format!(
             "job {job}: {:#}\nlaunch dir {}:\n{}\nscheduler log lines:\n{}",
             self.emulator.job_timeline(job).unwrap_or_default(),
@@ -183,24 +225,39 @@ impl World {
     fn assert_each_ran_once_on_its_fleet(&self, build: &BuildRef, per_fleet: u32) {
         for (index, job) in build.job_ids.iter().enumerate() {
             let timeline = self.emulator.job_timeline(*job).expect("job timeline");
-            let log = String::from_utf8_lossy(&self.emulator.job_log(*job).unwrap_or_default()).to_string();
+            let log = String::from_utf8_lossy(&self.emulator.job_log(*job).unwrap_or_default())
+                .to_string();
             if self.emulator.job_state(*job) != Some(JobState::Passed) {
-                panic!("job {job} did not pass; log: {log}\n{}", self.diagnose(LaunchName::for_job(*job)));
+                panic!(
+                    "job {job} did not pass; log: {log}\n{}",
+                    self.diagnose(LaunchName::for_job(*job))
+                );
             }
-            assert_eq!(timeline["acquires"].as_u64(), Some(1), "job {job} acquired other than once: {timeline:#}");
+            assert_eq!(
+                timeline["acquires"].as_u64(),
+                Some(1),
+                "job {job} acquired other than once: {timeline:#}"
+            );
             let fleet = FLEETS[index / per_fleet as usize].0;
-            assert!(log.contains(&format!("fleet={fleet}")), "job {job} should have run on fleet {fleet}; log: {log}");
+            assert!(
+                log.contains(&format!("fleet={fleet}")),
+                "job {job} should have run on fleet {fleet}; log: {log}"
+            );
         }
     }
 }
 
 /// Live processes (zombies excluded) carrying the marker of one of `launches`.
 fn marked_processes(launches: &BTreeSet<String>) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
-            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+                return false;
+            };
             let marked = environ.split(|b| *b == 0).any(|var| {
                 std::str::from_utf8(var)
                     .ok()
@@ -215,20 +272,30 @@ fn marked_processes(launches: &BTreeSet<String>) -> Vec<i32> {
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
 /// Wait for the launches of `build` to have left no live process.
 async fn assert_no_processes_left(build: &BuildRef) {
-    let names: BTreeSet<String> = build.job_ids.iter().map(|j| LaunchName::for_job(*j).to_string()).collect();
+    let names: BTreeSet<String> = build
+        .job_ids
+        .iter()
+        .map(|j| LaunchName::for_job(*j).to_string())
+        .collect();
     let give_up = Instant::now() + Duration::from_secs(30);
     loop {
         let left = marked_processes(&names);
         if left.is_empty() {
             return;
         }
-        assert!(Instant::now() < give_up, "processes of finished launches still alive: {left:?}");
+        assert!(
+            Instant::now() < give_up,
+            "processes of finished launches still alive: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -245,7 +312,7 @@ const PRINT_FLEET: &str = "echo \"fleet=$UPDRAFT_FLEET\"";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_jobs_over_three_fleets_and_two_queues_each_run_once_with_push_and_pull() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let local = world.local_backend().await;
     let scheduler = world.start_scheduler(&local).await;
@@ -255,15 +322,24 @@ async fn three_hundred_jobs_over_three_fleets_and_two_queues_each_run_once_with_
     world.wait_until_final(&build).await;
     world.assert_each_ran_once_on_its_fleet(&build, 100);
     let stats = scheduler.stats();
-    assert_eq!(stats.launched, 300, "one launch per job, no relaunch: {stats:?}");
-    assert!(pickups_by_source(&scheduler).get("push").is_some_and(|n| *n > 0), "push was on: {:?}", pickups_by_source(&scheduler));
+    assert_eq!(
+        stats.launched, 300,
+        "one launch per job, no relaunch: {stats:?}"
+    );
+    assert!(
+        pickups_by_source(&scheduler)
+            .get("push")
+            .is_some_and(|n| *n > 0),
+        "push was on: {:?}",
+        pickups_by_source(&scheduler)
+    );
     assert_no_processes_left(&build).await;
     scheduler.shutdown().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_push_off_pull_alone_runs_everything() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let local = world.local_backend().await;
     let scheduler = world.start_scheduler(&local).await;
@@ -272,7 +348,11 @@ async fn with_push_off_pull_alone_runs_everything() {
     world.wait_until_final(&build).await;
     world.assert_each_ran_once_on_its_fleet(&build, 10);
     let sources = pickups_by_source(&scheduler);
-    assert_eq!(sources.get("push"), None, "no push target was set: {sources:?}");
+    assert_eq!(
+        sources.get("push"),
+        None,
+        "no push target was set: {sources:?}"
+    );
     assert_eq!(sources.values().sum::<usize>(), 30, "{sources:?}");
     assert_no_processes_left(&build).await;
     scheduler.shutdown().await.expect("clean shutdown");
@@ -280,19 +360,29 @@ async fn with_push_off_pull_alone_runs_everything() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_thirty_percent_of_push_events_are_dropped_pull_still_runs_everything_once() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let local = world.local_backend().await;
     let scheduler = world.start_scheduler(&local).await;
     world.push_to(scheduler.push_addr());
-    world.emulator.set_push_faults(PushFaults { drop_fraction: 0.3, seed: 7, ..PushFaults::default() });
+    world.emulator.set_push_faults(PushFaults {
+        drop_fraction: 0.3,
+        seed: 7,
+        ..PushFaults::default()
+    });
 
     let (_, build) = world.build(20, PRINT_FLEET);
     world.wait_until_final(&build).await;
     world.assert_each_ran_once_on_its_fleet(&build, 20);
     let sources = pickups_by_source(&scheduler);
-    assert!(sources.get("pull").is_some_and(|n| *n > 0), "dropped events must be found by pull: {sources:?}");
-    assert!(sources.get("push").is_some_and(|n| *n > 0), "most events still arrive: {sources:?}");
+    assert!(
+        sources.get("pull").is_some_and(|n| *n > 0),
+        "dropped events must be found by pull: {sources:?}"
+    );
+    assert!(
+        sources.get("push").is_some_and(|n| *n > 0),
+        "most events still arrive: {sources:?}"
+    );
     assert_eq!(scheduler.stats().launched, 60);
     assert_no_processes_left(&build).await;
     scheduler.shutdown().await.expect("clean shutdown");
@@ -300,7 +390,7 @@ async fn when_thirty_percent_of_push_events_are_dropped_pull_still_runs_everythi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let local = world.local_backend().await;
     let scheduler = world.start_scheduler(&local).await;
@@ -308,15 +398,27 @@ async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
 
     let pids = world.state.path().join("pids");
     std::fs::create_dir_all(&pids).expect("pids dir");
-    let command = format!("echo $$ > {}/$BUILDKITE_JOB_ID; exec sleep 120", pids.display());
+    let command = format!(
+        "echo $$ > {}/$BUILDKITE_JOB_ID; exec sleep 120",
+        pids.display()
+    );
     let (slug, build) = world.build(1, &command);
     let give_up = Instant::now() + PATIENCE;
     let sleepers: Vec<i32> = loop {
-        let running = build.job_ids.iter().all(|j| world.emulator.job_state(*j) == Some(JobState::Running));
+        let running = build
+            .job_ids
+            .iter()
+            .all(|j| world.emulator.job_state(*j) == Some(JobState::Running));
         let pids: Vec<i32> = build
             .job_ids
             .iter()
-            .filter_map(|j| std::fs::read_to_string(pids.join(j.to_string())).ok()?.trim().parse().ok())
+            .filter_map(|j| {
+                std::fs::read_to_string(pids.join(j.to_string()))
+                    .ok()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .collect();
         if running && pids.len() == build.job_ids.len() {
             break pids;
@@ -325,11 +427,22 @@ async fn canceling_a_build_stops_its_running_launches_within_two_seconds() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    let rest = RestClient::new(&world.emulator.url(), &world.emulator.api_token(), &world.emulator.org(), ClientOptions::default())
-        .expect("rest client");
+    let rest = RestClient::new(
+        &world.emulator.url(),
+        &world.emulator.api_token(),
+        &world.emulator.org(),
+        ClientOptions::default(),
+    )
+    .expect("rest client");
     let canceled_at = Instant::now();
-    rest.cancel_build(&slug, build.number).await.expect("cancel the build");
-    let names: BTreeSet<String> = build.job_ids.iter().map(|j| LaunchName::for_job(*j).to_string()).collect();
+    rest.cancel_build(&slug, build.number)
+        .await
+        .expect("cancel the build");
+    let names: BTreeSet<String> = build
+        .job_ids
+        .iter()
+        .map(|j| LaunchName::for_job(*j).to_string())
+        .collect();
     loop {
         let sleepers_left: Vec<&i32> = sleepers.iter().filter(|pid| !is_zombie(**pid)).collect();
         let launches_running = local
@@ -372,8 +485,15 @@ fn the_sample_fleet_config_checks_out() {
         .output()
         .expect("run updraft check");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("fleet linux:") && stdout.contains("fleet arm-docker:"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("fleet linux:") && stdout.contains("fleet arm-docker:"),
+        "{stdout}"
+    );
 }
 
 /// `updraft run --config FILE` as a child process, its stderr appended to a log file.
@@ -385,9 +505,17 @@ impl SchedulerProcess {
     const READY_PREFIX: &str = "updraft: scheduler running; status page http://";
 
     /// Start it and point the emulator's push events at it once it says where it listens.
-    async fn start(world: &World, config: &std::path::Path, log: &std::path::Path) -> SchedulerProcess {
+    async fn start(
+        world: &World,
+        config: &std::path::Path,
+        log: &std::path::Path,
+    ) -> SchedulerProcess {
         use tokio::io::AsyncBufReadExt;
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("scheduler log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("scheduler log");
         let mut child = tokio::process::Command::new(UPDRAFT)
             .arg("run")
             .arg("--config")
@@ -404,7 +532,10 @@ impl SchedulerProcess {
         let ready = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await.expect("read stdout") {
                 if let Some(rest) = line.strip_prefix(Self::READY_PREFIX) {
-                    return rest.trim_end_matches("/status").parse::<std::net::SocketAddr>().ok();
+                    return rest
+                        .trim_end_matches("/status")
+                        .parse::<std::net::SocketAddr>()
+                        .ok();
                 }
             }
             None
@@ -421,16 +552,21 @@ impl SchedulerProcess {
 
     async fn kill(mut self, signal: nix::sys::signal::Signal) {
         let pid = self.child.id().expect("scheduler pid") as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("signal the scheduler");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+            .expect("signal the scheduler");
         let status = self.child.wait().await.expect("wait for the scheduler");
-        assert!(signal == nix::sys::signal::Signal::SIGKILL || status.success(), "`updraft run` ended with {status}");
+        assert!(
+            signal == nix::sys::signal::Signal::SIGKILL || status.success(),
+            "`updraft run` ended with {status}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scheduler_sigkilled_five_times_during_a_300_job_run_loses_nothing_and_runs_nothing_twice() {
+async fn a_scheduler_sigkilled_five_times_during_a_300_job_run_loses_nothing_and_runs_nothing_twice(
+) {
     use nix::sys::signal::Signal;
-    let _serial = one_at_a_time();
+    let _serial = SERIAL.lock().await;
     let world = World::new().await;
     let config = world.state.path().join("updraft.toml");
     std::fs::write(&config, world.config_text("127.0.0.1:0")).expect("config file");
@@ -444,8 +580,23 @@ async fn a_scheduler_sigkilled_five_times_during_a_300_job_run_loses_nothing_and
     moments.sort();
     let give_up = Instant::now() + PATIENCE;
     for moment in moments {
-        while build.job_ids.iter().filter(|j| world.emulator.job_state(**j).is_some_and(JobState::is_terminal)).count() < moment {
-            assert!(Instant::now() < give_up, "the run stalled before {moment} jobs finished; log: {}", log.display());
+        while build
+            .job_ids
+            .iter()
+            .filter(|j| {
+                world
+                    .emulator
+                    .job_state(**j)
+                    .is_some_and(JobState::is_terminal)
+            })
+            .count()
+            < moment
+        {
+            assert!(
+                Instant::now() < give_up,
+                "the run stalled before {moment} jobs finished; log: {}",
+                log.display()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         scheduler.kill(Signal::SIGKILL).await;

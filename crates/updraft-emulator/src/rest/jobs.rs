@@ -2,12 +2,12 @@
 //! unblock.
 
 use super::builds::find_build;
-use super::check_org;
+use super::{check_org, query_pairs, query_values};
 use crate::error::{parse_json, ApiError, ApiResult};
 use crate::server::SharedApp;
 use crate::store::State as World;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
@@ -20,6 +20,10 @@ const JOB: &str = "/organizations/{org}/pipelines/{slug}/builds/{number}/jobs/{i
 
 pub fn routes() -> Router<SharedApp> {
     Router::new()
+        .route(
+            "/organizations/{org}/pipelines/{slug}/builds/{number}/jobs",
+            get(list),
+        )
         .route(JOB, get(show))
         .route(&format!("{JOB}/log"), get(log).delete(delete_log))
         .route(&format!("{JOB}/log.txt"), get(raw_log))
@@ -30,6 +34,91 @@ pub fn routes() -> Router<SharedApp> {
 }
 
 type JobPath = Path<(String, String, String, String)>;
+
+/// `GET …/builds/{n}/jobs`: cursor pagination (reference §3.2): `{items, links: {self,
+/// next?}}`, `after=<job id>`, `per_page` ≤ 100, filters `state[]`, `step_key`,
+/// `include_retried_jobs` (default true).
+async fn list(
+    State(app): State<SharedApp>,
+    Path((org, slug, number)): Path<(String, String, String)>,
+    OriginalUri(uri): OriginalUri,
+) -> ApiResult<Json<Value>> {
+    check_org(&app, &org)?;
+    let pairs = query_pairs(&uri);
+    let first = |name: &str| {
+        query_values(&pairs, name)
+            .first()
+            .map(|v| v.to_string())
+            .filter(|v| !v.is_empty())
+    };
+    let per_page = match first("per_page") {
+        None => 30,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=100).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "per_page must be an integer from 1 to 100, got {raw:?}"
+                ))
+            })?,
+    };
+    let states: Vec<String> = query_values(&pairs, "state")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let step_key = first("step_key");
+    let include_retried = first("include_retried_jobs").is_none_or(|v| v != "false");
+    let after = first("after");
+    let (items, more) = app.store.read(|s| {
+        let build = find_build(s, &slug, &number)?;
+        let jobs = s
+            .builds
+            .get(&build)
+            .map(|b| b.jobs.clone())
+            .unwrap_or_default();
+        let matching: Vec<&crate::store::model::Job> = jobs
+            .iter()
+            .filter_map(|id| s.jobs.get(id))
+            .filter(|j| include_retried || j.retried_in.is_none())
+            .filter(|j| states.is_empty() || states.iter().any(|st| st == j.state.as_str()))
+            .filter(|j| {
+                step_key
+                    .as_ref()
+                    .is_none_or(|k| j.step.key.as_ref() == Some(k))
+            })
+            .collect();
+        let start = match &after {
+            None => 0,
+            Some(cursor) => matching
+                .iter()
+                .position(|j| j.id.to_string() == *cursor)
+                .map(|p| p + 1)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("after {cursor:?} is not a job of this build"))
+                })?,
+        };
+        let page: Vec<Value> = matching
+            .iter()
+            .skip(start)
+            .take(per_page)
+            .map(|j| s.rest_job(j))
+            .collect();
+        let more = matching.len() > start + per_page;
+        Ok::<_, ApiError>((page, more))
+    })?;
+    let self_url = format!("{}{}", app.base_url, uri);
+    let mut links = json!({"self": self_url});
+    if let Some(last) = items.last().and_then(|j| j["id"].as_str()).filter(|_| more) {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in pairs.iter().filter(|(k, _)| k != "after") {
+            query.append_pair(k, v);
+        }
+        query.append_pair("after", last);
+        links["next"] = json!(format!("{}{}?{}", app.base_url, uri.path(), query.finish()));
+    }
+    Ok(Json(json!({"items": items, "links": links})))
+}
 
 /// The job `id` of build `number` of pipeline `slug`, or 404.
 fn find_job(world: &World, slug: &str, number: &str, id: &str) -> ApiResult<Uuid> {

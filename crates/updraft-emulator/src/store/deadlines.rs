@@ -20,7 +20,7 @@ impl State {
         self.deadlines.first().map(|d| d.0)
     }
 
-    pub(super) fn fire_deadline(&mut self, job_id: Uuid, kind: DeadlineKind, now: Time) {
+    fn fire_deadline(&mut self, job_id: Uuid, kind: DeadlineKind, now: Time) {
         let Some(job) = self.jobs.get(&job_id) else {
             return;
         };

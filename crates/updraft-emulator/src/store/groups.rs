@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 impl State {
     /// Jobs of `group` holding a slot (scheduled up to running).
-    pub(super) fn active_in_group(&self, group: &str) -> usize {
+    fn active_in_group(&self, group: &str) -> usize {
         self.jobs
             .values()
             .filter(|j| j.step.concurrency.as_ref().is_some_and(|(g, _)| g == group))
@@ -42,10 +42,7 @@ impl State {
     /// Give freed concurrency slots to the oldest `limited` jobs of each group.
     pub(super) fn release_groups(&mut self) {
         while let Some(group) = self.next_group_to_release() {
-            loop {
-                let Some(&next) = self.limited.get(&group).and_then(|q| q.front()) else {
-                    break;
-                };
+            while let Some(&next) = self.limited.get(&group).and_then(|q| q.front()) {
                 let waiting = self
                     .jobs
                     .get(&next)

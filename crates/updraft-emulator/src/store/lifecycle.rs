@@ -2,11 +2,11 @@
 //! blocks, `depends_on`, parallelism), including steps uploaded while a build runs.
 
 use super::model::*;
-use super::{DeadlineKind, State};
+use super::State;
 use crate::error::{ApiError, ApiResult};
 use crate::log::JobLog;
 use crate::steps::{PipelineDef, StepKind, StepSpec};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use updraft_model::JobState;
 use uuid::Uuid;
 
@@ -27,12 +27,6 @@ pub struct CreateBuild {
     pub env: BTreeMap<String, String>,
     pub meta_data: BTreeMap<String, String>,
     pub source: String,
-}
-
-/// Where a job's dependencies stand.
-struct DepsStatus {
-    all_done: bool,
-    any_failed: bool,
 }
 
 fn slugify(name: &str) -> String {
@@ -141,7 +135,7 @@ impl State {
 
     /// Turn steps into jobs for a build. `existing` are the build's jobs already there (a
     /// pipeline upload): their keys can be depended on. Nothing is changed on error.
-    pub(super) fn plan_jobs(
+    fn plan_jobs(
         &self,
         build_id: Uuid,
         steps: &[StepSpec],

@@ -2,16 +2,16 @@
 //! once the lock is released, forwards the push events the change produced and wakes the
 //! deadline timer. The lock is never held across an `.await`.
 
-mod agents;
-pub mod json;
 mod actions;
+mod agents;
 mod deadlines;
 mod groups;
+pub mod json;
 mod lifecycle;
-mod transitions;
 pub mod model;
 mod running;
 pub mod stacks;
+mod transitions;
 
 use crate::config::EmulatorConfig;
 use chrono::Utc;

@@ -4,10 +4,6 @@
 
 use super::model::*;
 use super::{DeadlineKind, State};
-use crate::error::{ApiError, ApiResult};
-use crate::log::JobLog;
-use crate::steps::{PipelineDef, StepKind, StepSpec};
-use std::collections::{BTreeMap, HashMap, HashSet};
 use updraft_model::JobState;
 use uuid::Uuid;
 
@@ -15,18 +11,6 @@ use uuid::Uuid;
 struct DepsStatus {
     all_done: bool,
     any_failed: bool,
-}
-
-fn slugify(name: &str) -> String {
-    let mut slug = String::new();
-    for c in name.chars() {
-        if c.is_ascii_alphanumeric() {
-            slug.push(c.to_ascii_lowercase());
-        } else if !slug.ends_with('-') && !slug.is_empty() {
-            slug.push('-');
-        }
-    }
-    slug.trim_end_matches('-').to_string()
 }
 
 fn failed_state(state: JobState) -> bool {
@@ -55,14 +39,14 @@ fn satisfied_state(state: JobState) -> bool {
 
 impl State {
     /// Follow retries to the job that currently stands for this one.
-    pub(super) fn latest(&self, mut id: Uuid) -> Uuid {
+    fn latest(&self, mut id: Uuid) -> Uuid {
         while let Some(next) = self.jobs.get(&id).and_then(|j| j.retried_in) {
             id = next;
         }
         id
     }
 
-    pub(super) fn deps_status(&self, job: &Job) -> DepsStatus {
+    fn deps_status(&self, job: &Job) -> DepsStatus {
         let mut status = DepsStatus {
             all_done: true,
             any_failed: false,
@@ -142,7 +126,7 @@ impl State {
         self.release_groups();
     }
 
-    pub(super) fn recompute_build_state(&mut self, build_id: Uuid) {
+    fn recompute_build_state(&mut self, build_id: Uuid) {
         let Some(build) = self.builds.get(&build_id) else {
             return;
         };
@@ -212,7 +196,7 @@ impl State {
         self.set_build_state(build_id, new);
     }
 
-    pub(super) fn set_build_state(&mut self, build_id: Uuid, new: BuildState) {
+    fn set_build_state(&mut self, build_id: Uuid, new: BuildState) {
         let now = Self::now();
         let Some(build) = self.builds.get_mut(&build_id) else {
             return;

@@ -66,6 +66,10 @@ struct StartArgs {
     /// Exit with the exit status of the job run (with --acquire-job or --disconnect-after-job).
     #[arg(long, env = "BUILDKITE_AGENT_REFLECT_EXIT_STATUS")]
     reflect_exit_status: bool,
+    /// How jobs are found: this agent always polls, so `auto` and `poll-only` behave the same
+    /// and `stream-only` is refused (accepted for launch templates written for buildkite-agent).
+    #[arg(long, env = "BUILDKITE_AGENT_PING_MODE", default_value = "auto")]
+    ping_mode: String,
     /// Keep each job's directory after the job instead of removing it.
     #[arg(long)]
     keep_build_dirs: bool,
@@ -87,6 +91,13 @@ fn config_from(args: &StartArgs) -> Result<AgentConfig, String> {
             return Err("--queue and a queue= tag cannot both be given".into());
         }
         tags.push(format!("queue={queue}"));
+    }
+    match args.ping_mode.as_str() {
+        "auto" | "poll-only" => {}
+        "stream-only" => {
+            return Err("--ping-mode stream-only is not supported: this agent polls (use auto or poll-only)".into())
+        }
+        other => return Err(format!("--ping-mode: {other:?} is not one of auto, poll-only, stream-only")),
     }
     let shell: Vec<String> = args.shell.split_whitespace().map(str::to_string).collect();
     if shell.is_empty() {

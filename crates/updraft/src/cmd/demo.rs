@@ -46,14 +46,21 @@ pub struct Args {
 fn parse_seconds(raw: &str) -> Result<Duration, String> {
     match raw.parse::<u64>() {
         Ok(secs) if secs > 0 => Ok(Duration::from_secs(secs)),
-        _ => Err(format!("expected a positive number of seconds, got {raw:?}")),
+        _ => Err(format!(
+            "expected a positive number of seconds, got {raw:?}"
+        )),
     }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let stack = setup::Stack::start(args.state_dir.clone()).await?;
-    let rest = RestClient::new(&stack.emulator.url(), &stack.emulator.api_token(), &stack.emulator.org(), ClientOptions::default())?;
+    let rest = RestClient::new(
+        &stack.emulator.url(),
+        &stack.emulator.api_token(),
+        &stack.emulator.org(),
+        ClientOptions::default(),
+    )?;
     let pipeline = rest
         .create_pipeline(&CreatePipeline {
             name: PIPELINE_NAME.to_string(),
@@ -71,17 +78,33 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             message: Some(format!("demo build {i} of {}", args.builds)),
             ..Default::default()
         };
-        numbers.push(rest.create_build(&pipeline.slug, &build).await.context("creating a demo build")?.number);
+        numbers.push(
+            rest.create_build(&pipeline.slug, &build)
+                .await
+                .context("creating a demo build")?
+                .number,
+        );
     }
     let to_cancel = numbers.last().copied().filter(|_| numbers.len() > 1);
 
     let mut display = Display::new(&stack.status_url());
-    let watched = watch(&rest, &pipeline.slug, &numbers, to_cancel, &mut display, args.timeout_secs).await;
+    let watched = watch(
+        &rest,
+        &pipeline.slug,
+        &numbers,
+        to_cancel,
+        &mut display,
+        args.timeout_secs,
+    )
+    .await;
     display.finish();
     let builds = match watched {
         Ok(builds) => builds,
         Err(unfinished) => {
-            eprintln!("updraft demo: the sample did not finish within {:?}; still open:", args.timeout_secs);
+            eprintln!(
+                "updraft demo: the sample did not finish within {:?}; still open:",
+                args.timeout_secs
+            );
             for line in unfinished {
                 eprintln!("  {line}");
             }
@@ -97,8 +120,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  ledger and launch state kept in {}", dir.display());
     }
     if args.keep_running {
-        println!("serving until Ctrl-C: emulator {} · status {}", stack.emulator.url(), stack.status_url());
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        println!(
+            "serving until Ctrl-C: emulator {} · status {}",
+            stack.emulator.url(),
+            stack.status_url()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
     }
     stack.stop().await;
     Ok(ExitCode::SUCCESS)
@@ -123,18 +152,24 @@ async fn watch(
                     display.observe(&build);
                     builds.insert(*number, build);
                 }
-                Err(error) => display.note(&format!("reading build #{number} failed ({error}); retrying")),
+                Err(error) => display.note(&format!(
+                    "reading build #{number} failed ({error}); retrying"
+                )),
             }
         }
         if let Some(number) = to_cancel {
-            let running = builds.get(&number).is_some_and(|b| b.jobs.iter().any(|j| j.state() == Some(JobState::Running)));
+            let running = builds
+                .get(&number)
+                .is_some_and(|b| b.jobs.iter().any(|j| j.state() == Some(JobState::Running)));
             if running {
                 match rest.cancel_build(pipeline, number).await {
                     Ok(_) => {
                         display.note(&format!("canceling build #{number} while its jobs run"));
                         to_cancel = None;
                     }
-                    Err(error) => display.note(&format!("canceling build #{number} failed ({error}); retrying")),
+                    Err(error) => display.note(&format!(
+                        "canceling build #{number} failed ({error}); retrying"
+                    )),
                 }
             }
         }
@@ -147,8 +182,17 @@ async fn watch(
                 .flat_map(|b| {
                     b.jobs
                         .iter()
-                        .filter(|j| j.job_type == "script" && !j.state().is_some_and(JobState::is_terminal))
-                        .map(move |j| format!("build #{} {:?}: {}", b.number, display::job_label(j), j.state.as_deref().unwrap_or("?")))
+                        .filter(|j| {
+                            j.job_type == "script" && !j.state().is_some_and(JobState::is_terminal)
+                        })
+                        .map(move |j| {
+                            format!(
+                                "build #{} {:?}: {}",
+                                b.number,
+                                display::job_label(j),
+                                j.state.as_deref().unwrap_or("?")
+                            )
+                        })
                 })
                 .collect());
         }
@@ -158,23 +202,47 @@ async fn watch(
 
 /// The size and label of the biggest job log, fetched back from the emulator (the log went
 /// through the agent in chunks).
-async fn largest_log(rest: &RestClient, pipeline: &str, builds: &[Build]) -> Option<(usize, String)> {
+async fn largest_log(
+    rest: &RestClient,
+    pipeline: &str,
+    builds: &[Build],
+) -> Option<(usize, String)> {
     let mut largest: Option<(usize, String)> = None;
     for build in builds {
-        for job in build.jobs.iter().filter(|j| j.state() == Some(JobState::Passed)) {
-            let Ok(log) = rest.job_log(pipeline, build.number, &job.id).await else { continue };
+        for job in build
+            .jobs
+            .iter()
+            .filter(|j| j.state() == Some(JobState::Passed))
+        {
+            let Ok(log) = rest.job_log(pipeline, build.number, &job.id).await else {
+                continue;
+            };
             if largest.as_ref().is_none_or(|(size, _)| log.len() > *size) {
-                largest = Some((log.len(), format!("build #{} {}", build.number, display::job_label(job))));
+                largest = Some((
+                    log.len(),
+                    format!("build #{} {}", build.number, display::job_label(job)),
+                ));
             }
         }
     }
     largest
 }
 
-fn print_summary(builds: &[Build], stack: &setup::Stack, wall: Duration, large_log: Option<(usize, String)>) {
+fn print_summary(
+    builds: &[Build],
+    stack: &setup::Stack,
+    wall: Duration,
+    large_log: Option<(usize, String)>,
+) {
     let mut by_state: BTreeMap<String, usize> = BTreeMap::new();
-    for job in builds.iter().flat_map(|b| &b.jobs).filter(|j| j.job_type == "script") {
-        *by_state.entry(job.state.clone().unwrap_or_else(|| "unknown".to_string())).or_default() += 1;
+    for job in builds
+        .iter()
+        .flat_map(|b| &b.jobs)
+        .filter(|j| j.job_type == "script")
+    {
+        *by_state
+            .entry(job.state.clone().unwrap_or_else(|| "unknown".to_string()))
+            .or_default() += 1;
     }
     let count = |state: &str| by_state.get(state).copied().unwrap_or(0);
     // Jobs behind a `wait` in a canceled build never run (`waiting_failed`, `broken`, …).
@@ -185,14 +253,32 @@ fn print_summary(builds: &[Build], stack: &setup::Stack, wall: Duration, large_l
         .collect();
     let jobs: usize = by_state.values().sum();
     println!();
-    println!("updraft demo: {} builds, {jobs} jobs in {:.1}s", builds.len(), wall.as_secs_f64());
+    println!(
+        "updraft demo: {} builds, {jobs} jobs in {:.1}s",
+        builds.len(),
+        wall.as_secs_f64()
+    );
     for build in builds {
         println!("  build #{:<3} {}", build.number, build.state);
     }
-    let others = if others.is_empty() { String::new() } else { format!(" · {}", others.join(" · ")) };
-    println!("  jobs: passed {} · failed {} · canceled {}{others}", count("passed"), count("failed"), count("canceled"));
+    let others = if others.is_empty() {
+        String::new()
+    } else {
+        format!(" · {}", others.join(" · "))
+    };
+    println!(
+        "  jobs: passed {} · failed {} · canceled {}{others}",
+        count("passed"),
+        count("failed"),
+        count("canceled")
+    );
     let stats = stack.scheduler.stats();
-    let ms = |q: f64| stats.pickup_quantile(None, q).map(|d| format!("{} ms", d.as_millis())).unwrap_or_else(|| "n/a".into());
+    let ms = |q: f64| {
+        stats
+            .pickup_quantile(None, q)
+            .map(|d| format!("{} ms", d.as_millis()))
+            .unwrap_or_else(|| "n/a".into())
+    };
     let by_source = |source| stats.pickups.iter().filter(|p| p.source == source).count();
     println!(
         "  pickup latency (scheduled → launched): p50 {} · p99 {} over {} launches (push {}, pull {}, reconcile {})",
@@ -204,7 +290,13 @@ fn print_summary(builds: &[Build], stack: &setup::Stack, wall: Duration, large_l
         by_source(updraft_scheduler::Source::Reconcile),
     );
     if let Some((size, job)) = large_log {
-        println!("  largest log: {:.1} MB streamed by {job}", size as f64 / 1_000_000.0);
+        println!(
+            "  largest log: {:.1} MB streamed by {job}",
+            size as f64 / 1_000_000.0
+        );
     }
-    println!("  status page: {} (served until exit; --keep-running keeps it up)", stack.status_url());
+    println!(
+        "  status page: {} (served until exit; --keep-running keeps it up)",
+        stack.status_url()
+    );
 }

@@ -73,7 +73,13 @@ pub async fn pickup(args: PickupArgs) -> anyhow::Result<ExitCode> {
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..200))).await;
         bench.run_one_build(&mut launched).await?;
     }
-    let warm_up: HashSet<_> = bench.backend.launch_order().iter().take(WARM_UP_JOBS).map(LaunchName::job_id).collect();
+    let warm_up: HashSet<_> = bench
+        .backend
+        .launch_order()
+        .iter()
+        .take(WARM_UP_JOBS)
+        .map(LaunchName::job_id)
+        .collect();
     let total = WARM_UP_JOBS + args.push_samples + args.pull_samples;
     // The scheduler records a pickup just after the launch returns; wait for the last one.
     let recorded = tokio::time::timeout(Duration::from_secs(10), async {
@@ -87,20 +93,31 @@ pub async fn pickup(args: PickupArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("the scheduler did not record every pickup")?;
-    let pickups: Vec<_> = recorded.into_iter().filter(|p| !warm_up.contains(&p.job)).collect();
+    let pickups: Vec<_> = recorded
+        .into_iter()
+        .filter(|p| !warm_up.contains(&p.job))
+        .collect();
     bench.stop().await;
 
     let figures_for = |source: Source| {
-        let mut latencies: Vec<Duration> = pickups.iter().filter(|p| p.source == source).map(|p| p.latency()).collect();
+        let mut latencies: Vec<Duration> = pickups
+            .iter()
+            .filter(|p| p.source == source)
+            .map(|p| p.latency())
+            .collect();
         let samples = latencies.len();
         let mut ms = |q: f64| quantile(&mut latencies, q).map(|d| d.as_millis() as u64);
         json!({"samples": samples, "p50_ms": ms(0.5), "p99_ms": ms(0.99), "max_ms": ms(1.0)})
     };
     let push = figures_for(Source::Push);
     let pull = figures_for(Source::Pull);
-    let figures = json!({"push": push, "pull": pull, "target": {"push_p99_ms": PUSH_P99_TARGET_MS}});
+    let figures =
+        json!({"push": push, "pull": pull, "target": {"push_p99_ms": PUSH_P99_TARGET_MS}});
     let line = |name: &str, f: &serde_json::Value| {
-        format!("  {name}: p50 {} ms · p99 {} ms · max {} ms over {} jobs", f["p50_ms"], f["p99_ms"], f["max_ms"], f["samples"])
+        format!(
+            "  {name}: p50 {} ms · p99 {} ms · max {} ms over {} jobs",
+            f["p50_ms"], f["p99_ms"], f["max_ms"], f["samples"]
+        )
     };
     let human = format!(
         "pickup latency, job scheduled → launch called (no-op backend, emulator in a child process)\n{}\n{}\n  target: push p99 ≤ {PUSH_P99_TARGET_MS} ms",
@@ -136,7 +153,10 @@ pub async fn burst(args: BurstArgs) -> anyhow::Result<ExitCode> {
     bench.stop().await;
     let elapsed = match all_launched {
         Ok(result) => result?,
-        Err(_) => anyhow::bail!("only {} of {target} jobs were launched within 300 s", *launched.borrow()),
+        Err(_) => anyhow::bail!(
+            "only {} of {target} jobs were launched within 300 s",
+            *launched.borrow()
+        ),
     };
 
     let figures = json!({
@@ -206,7 +226,12 @@ impl Bench {
     async fn start(name: &str, pipeline_yaml: &str) -> anyhow::Result<Bench> {
         let state = StateDir::new(None, &format!("updraft-bench-{name}"))?;
         let emulator = EmulatorProcess::start().await?;
-        let rest = RestClient::new(&emulator.url, &emulator.api_token, &emulator.org, ClientOptions::default())?;
+        let rest = RestClient::new(
+            &emulator.url,
+            &emulator.api_token,
+            &emulator.org,
+            ClientOptions::default(),
+        )?;
         let pipeline = rest
             .create_pipeline(&CreatePipeline {
                 name: format!("bench-{name}"),
@@ -228,23 +253,54 @@ impl Bench {
             toml_string(webhook_token.expose()),
             toml_string(&state.path.join("ledger.sqlite").to_string_lossy()),
         );
-        let config = Config::parse(&config).map_err(|errors| anyhow::anyhow!("the benchmark's scheduler config: {errors}"))?;
+        let config = Config::parse(&config)
+            .map_err(|errors| anyhow::anyhow!("the benchmark's scheduler config: {errors}"))?;
         let backend = Arc::new(NoopBackend::new());
-        let backends: BTreeMap<String, Arc<dyn Backend>> = [("noop".to_string(), backend.clone() as Arc<dyn Backend>)].into();
-        let scheduler = Scheduler::start(config, backends).await.context("starting the scheduler")?;
+        let backends: BTreeMap<String, Arc<dyn Backend>> =
+            [("noop".to_string(), backend.clone() as Arc<dyn Backend>)].into();
+        let scheduler = Scheduler::start(config, backends)
+            .await
+            .context("starting the scheduler")?;
         let push_url = format!("http://{}/webhooks/buildkite", scheduler.push_addr());
         emulator.push_to(Some((&push_url, &webhook_token))).await?;
-        Ok(Bench { emulator, scheduler, backend, rest, pipeline, _state: state })
+        Ok(Bench {
+            emulator,
+            scheduler,
+            backend,
+            rest,
+            pipeline,
+            _state: state,
+        })
     }
 
     /// Create a build. The answer (the whole build, 10 000 jobs for the burst) is not read:
     /// parsing it would count against this process's memory, which should be the scheduler's.
     async fn create_build(&self) -> anyhow::Result<()> {
-        let build = CreateBuild { commit: "HEAD".to_string(), branch: "main".to_string(), ..Default::default() };
-        let path = format!("v2/organizations/{}/pipelines/{}/builds", self.emulator.org, self.pipeline);
-        let request = self.rest.api().request(reqwest::Method::POST, &path).json(&build);
-        let response = self.rest.api().send_once(request).await.context("creating a benchmark build")?;
-        anyhow::ensure!(response.status().is_success(), "creating a benchmark build: {}", response.status());
+        let build = CreateBuild {
+            commit: "HEAD".to_string(),
+            branch: "main".to_string(),
+            ..Default::default()
+        };
+        let path = format!(
+            "v2/organizations/{}/pipelines/{}/builds",
+            self.emulator.org, self.pipeline
+        );
+        let request = self
+            .rest
+            .api()
+            .request(reqwest::Method::POST, &path)
+            .json(&build);
+        let response = self
+            .rest
+            .api()
+            .send_once(request)
+            .await
+            .context("creating a benchmark build")?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "creating a benchmark build: {}",
+            response.status()
+        );
         Ok(())
     }
 

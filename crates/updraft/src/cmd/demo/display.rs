@@ -19,27 +19,43 @@ pub struct Display {
 
 /// A job's label as the pipeline gave it.
 pub fn job_label(job: &Job) -> String {
-    job.name.clone().or_else(|| job.step_key.clone()).unwrap_or_else(|| job.id.clone())
+    job.name
+        .clone()
+        .or_else(|| job.step_key.clone())
+        .unwrap_or_else(|| job.id.clone())
 }
 
 impl Display {
     pub fn new(status_url: &str) -> Display {
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = ProgressBar::new(0);
-            let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs finished · {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs finished · {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.enable_steady_tick(std::time::Duration::from_millis(100));
             bar
         });
-        let display = Display { started: Instant::now(), bar, seen: HashMap::new(), totals: HashMap::new() };
-        display.note(&format!("emulator, scheduler and local backend are up; status page {status_url}"));
+        let display = Display {
+            started: Instant::now(),
+            bar,
+            seen: HashMap::new(),
+            totals: HashMap::new(),
+        };
+        display.note(&format!(
+            "emulator, scheduler and local backend are up; status page {status_url}"
+        ));
         display
     }
 
     /// Show what changed in one build since the last look.
     pub fn observe(&mut self, build: &Build) {
-        let scripts: Vec<&Job> = build.jobs.iter().filter(|j| j.job_type == "script").collect();
+        let scripts: Vec<&Job> = build
+            .jobs
+            .iter()
+            .filter(|j| j.job_type == "script")
+            .collect();
         self.totals.insert(build.number, scripts.len());
         for job in scripts {
             let state = job.state.clone().unwrap_or_else(|| "unknown".to_string());
@@ -49,11 +65,19 @@ impl Display {
             self.seen.insert(job.id.clone(), state.clone());
             let worth_a_line = match (&self.bar, job.state()) {
                 (Some(_), Some(parsed)) => parsed.is_terminal(),
-                (None, Some(parsed)) => parsed.is_terminal() || parsed == JobState::Running || parsed == JobState::Canceling,
+                (None, Some(parsed)) => {
+                    parsed.is_terminal()
+                        || parsed == JobState::Running
+                        || parsed == JobState::Canceling
+                }
                 (_, None) => true,
             };
             if worth_a_line {
-                self.note(&format!("build #{:<2} {:<28} {state}", build.number, job_label(job)));
+                self.note(&format!(
+                    "build #{:<2} {:<28} {state}",
+                    build.number,
+                    job_label(job)
+                ));
             }
         }
         if let Some(bar) = &self.bar {
@@ -71,7 +95,10 @@ impl Display {
     }
 
     fn count(&self, matches: impl Fn(JobState) -> bool) -> usize {
-        self.seen.values().filter(|s| s.parse::<JobState>().is_ok_and(&matches)).count()
+        self.seen
+            .values()
+            .filter(|s| s.parse::<JobState>().is_ok_and(&matches))
+            .count()
     }
 
     /// One line of news, above the bar on a terminal.

@@ -30,16 +30,27 @@ impl Stack {
         let state = StateDir::new(state_dir, "updraft-demo")?;
         let emulator = updraft_emulator::start(EmulatorConfig::default()).await?;
         let webhook_token = Secret::new(format!("demo_{:032x}", rand::random::<u128>()));
-        let agent = std::env::current_exe().context("finding the updraft binary to launch agents with")?;
+        let agent =
+            std::env::current_exe().context("finding the updraft binary to launch agents with")?;
         let text = scheduler_config(&emulator, &state.path, &agent, &webhook_token);
-        let config = Config::parse(&text).map_err(|errors| anyhow::anyhow!("the demo's scheduler config: {errors}"))?;
+        let config = Config::parse(&text)
+            .map_err(|errors| anyhow::anyhow!("the demo's scheduler config: {errors}"))?;
 
         let mut options = LocalOptions::new(state.path.join("local"));
-        options.max_running_per_fleet = FLEETS.iter().map(|(name, cap)| (name.to_string(), *cap as usize)).collect();
+        options.max_running_per_fleet = FLEETS
+            .iter()
+            .map(|(name, cap)| (name.to_string(), *cap as usize))
+            .collect();
         options.stop_grace = Duration::from_secs(2);
         let local = LocalBackend::open(options).await?;
-        let backends: BTreeMap<String, Arc<dyn Backend>> = [("local".to_string(), Arc::new(local.clone()) as Arc<dyn Backend>)].into();
-        let scheduler = Scheduler::start(config, backends).await.context("starting the scheduler")?;
+        let backends: BTreeMap<String, Arc<dyn Backend>> = [(
+            "local".to_string(),
+            Arc::new(local.clone()) as Arc<dyn Backend>,
+        )]
+        .into();
+        let scheduler = Scheduler::start(config, backends)
+            .await
+            .context("starting the scheduler")?;
         emulator.set_push_targets(PushTargets {
             webhook: Some(WebhookTarget {
                 url: format!("http://{}/webhooks/buildkite", scheduler.push_addr()),
@@ -47,7 +58,12 @@ impl Stack {
             }),
             eventbridge_url: None,
         });
-        Ok(Stack { emulator, scheduler, local, state })
+        Ok(Stack {
+            emulator,
+            scheduler,
+            local,
+            state,
+        })
     }
 
     pub fn status_url(&self) -> String {
@@ -88,7 +104,12 @@ pub(crate) fn toml_string(s: &str) -> String {
 
 /// The scheduler's configuration as TOML, so it goes through the same validation as a
 /// user's file.
-fn scheduler_config(emulator: &EmulatorHandle, state: &Path, agent: &Path, webhook_token: &Secret) -> String {
+fn scheduler_config(
+    emulator: &EmulatorHandle,
+    state: &Path,
+    agent: &Path,
+    webhook_token: &Secret,
+) -> String {
     let quote = toml_string;
     let mut text = format!(
         "[buildkite]\nendpoint = {}\nagent_token = {}\nstack_key = \"updraft-demo\"\n\n\
@@ -123,11 +144,16 @@ impl StateDir {
         let (path, temporary) = match given {
             Some(path) => (path, false),
             None => {
-                let unique = format!("{prefix}-{}-{:08x}", std::process::id(), rand::random::<u32>());
+                let unique = format!(
+                    "{prefix}-{}-{:08x}",
+                    std::process::id(),
+                    rand::random::<u32>()
+                );
                 (std::env::temp_dir().join(unique), true)
             }
         };
-        std::fs::create_dir_all(&path).with_context(|| format!("--state-dir: cannot create {}", path.display()))?;
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("--state-dir: cannot create {}", path.display()))?;
         Ok(StateDir { path, temporary })
     }
 }
@@ -136,7 +162,10 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         if self.temporary {
             if let Err(error) = std::fs::remove_dir_all(&self.path) {
-                eprintln!("updraft: cannot remove the temporary directory {}: {error}", self.path.display());
+                eprintln!(
+                    "updraft: cannot remove the temporary directory {}: {error}",
+                    self.path.display()
+                );
             }
         }
     }
@@ -148,11 +177,24 @@ mod tests {
 
     #[tokio::test]
     async fn the_generated_config_is_valid_and_serves_both_queues() {
-        let emulator = updraft_emulator::start(EmulatorConfig::default()).await.expect("emulator");
-        let text = scheduler_config(&emulator, Path::new("/tmp/state \"dir\""), Path::new("/bin/updraft"), &Secret::new("t"));
+        let emulator = updraft_emulator::start(EmulatorConfig::default())
+            .await
+            .expect("emulator");
+        let text = scheduler_config(
+            &emulator,
+            Path::new("/tmp/state \"dir\""),
+            Path::new("/bin/updraft"),
+            &Secret::new("t"),
+        );
         let config = Config::parse(&text).expect("valid config");
-        assert_eq!(config.queues(), vec!["arm".to_string(), "linux".to_string()]);
-        assert_eq!(config.ledger.path, Path::new("/tmp/state \"dir\"/ledger.sqlite"));
+        assert_eq!(
+            config.queues(),
+            vec!["arm".to_string(), "linux".to_string()]
+        );
+        assert_eq!(
+            config.ledger.path,
+            Path::new("/tmp/state \"dir\"/ledger.sqlite")
+        );
         assert_eq!(config.fleets[0].template.command[0], "/bin/updraft");
         emulator.shutdown().await;
     }

@@ -34,7 +34,15 @@ impl EmulatorProcess {
         let api_token = Secret::new(format!("bkua_{:032x}", rand::random::<u128>()));
         // Tokens go through the environment, not argv, which any local user can read.
         let mut child = Command::new(exe)
-            .args(["emulator", "--listen", "127.0.0.1:0", "--org", &org, "--rate-limits", "off"])
+            .args([
+                "emulator",
+                "--listen",
+                "127.0.0.1:0",
+                "--org",
+                &org,
+                "--rate-limits",
+                "off",
+            ])
             .env("UPDRAFT_EMULATOR_AGENT_TOKEN", agent_token.expose())
             .env("UPDRAFT_EMULATOR_API_TOKEN", api_token.expose())
             .env("UPDRAFT_LOG", "warn")
@@ -58,7 +66,14 @@ impl EmulatorProcess {
         .context("`updraft emulator` did not say where it listens in time")??;
         // Keep reading stdout so the emulator never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(EmulatorProcess { child, url, org, agent_token, api_token, http: reqwest::Client::new() })
+        Ok(EmulatorProcess {
+            child,
+            url,
+            org,
+            agent_token,
+            api_token,
+            http: reqwest::Client::new(),
+        })
     }
 
     pub fn agent_endpoint(&self) -> String {
@@ -76,7 +91,13 @@ impl EmulatorProcess {
 
     async fn put(&self, route: &str, body: serde_json::Value) -> anyhow::Result<()> {
         let url = format!("{}/_emulator/{route}", self.url);
-        let response = self.http.put(&url).json(&body).send().await.with_context(|| format!("PUT {url}"))?;
+        let response = self
+            .http
+            .put(&url)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("PUT {url}"))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();

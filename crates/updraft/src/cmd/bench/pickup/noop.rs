@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::watch;
-use updraft_backends::{Backend, BackendError, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus};
+use updraft_backends::{
+    Backend, BackendError, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus,
+};
 
 pub struct NoopBackend {
     launches: Mutex<Launches>,
@@ -16,7 +18,10 @@ pub struct NoopBackend {
 
 impl NoopBackend {
     pub fn new() -> NoopBackend {
-        NoopBackend { launches: Mutex::new(Launches::default()), launched: watch::Sender::new(0) }
+        NoopBackend {
+            launches: Mutex::new(Launches::default()),
+            launched: watch::Sender::new(0),
+        }
     }
 
     pub fn launched(&self) -> watch::Receiver<usize> {
@@ -29,7 +34,9 @@ impl NoopBackend {
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Launches> {
-        self.launches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.launches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -64,7 +71,9 @@ impl Backend for NoopBackend {
 
     async fn stop(&self, name: &LaunchName) -> Result<(), BackendError> {
         if let Some(status) = self.table().by_name.get_mut(name) {
-            status.phase = LaunchPhase::Failed { reason: "stopped".to_string() };
+            status.phase = LaunchPhase::Failed {
+                reason: "stopped".to_string(),
+            };
         }
         Ok(())
     }

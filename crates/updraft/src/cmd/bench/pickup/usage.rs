@@ -12,7 +12,10 @@ const USER_HZ: u64 = 100;
 pub fn cpu_time() -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
     // Fields after the parenthesised command name: utime is field 14, stime field 15.
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).context("/proc/self/stat has no command name")?;
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .context("/proc/self/stat has no command name")?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks = |index: usize| -> anyhow::Result<u64> {
         fields
@@ -20,13 +23,19 @@ pub fn cpu_time() -> anyhow::Result<Duration> {
             .and_then(|raw| raw.parse().ok())
             .with_context(|| format!("/proc/self/stat field {} is not a number", index + 3))
     };
-    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 1000 / USER_HZ))
+    Ok(Duration::from_millis(
+        (ticks(11)? + ticks(12)?) * 1000 / USER_HZ,
+    ))
 }
 
 /// The largest resident set size this process has had (`VmHWM`), in bytes.
 pub fn peak_rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("/proc/self/status has no VmHWM line")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .context("/proc/self/status has no VmHWM line")?;
     let kib: u64 = line
         .trim_start_matches("VmHWM:")
         .trim()

@@ -7,6 +7,7 @@
 
 use crate::http::{decode_json, ApiClient, ApiError, AuthScheme, ClientOptions};
 use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
 use reqwest::{Method, Response};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -219,17 +220,8 @@ impl Pacer {
             .and_then(|at| at.checked_duration_since(Instant::now()))
     }
 
-    fn learn(&self, scope: Scope, response: &Response) {
-        let header = |name: &str| {
-            response
-                .headers()
-                .get(name)?
-                .to_str()
-                .ok()?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        };
+    fn learn(&self, scope: Scope, headers: &HeaderMap) {
+        let header = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
         let remaining = header("ratelimit-remaining");
         let reset = header("ratelimit-reset").filter(|s| s.is_finite() && *s >= 0.0);
         if let (Some(remaining), Some(reset)) = (remaining, reset) {
@@ -297,7 +289,7 @@ impl StacksClient {
             tokio::time::sleep(wait).await;
         }
         let response = self.api.send(request).await?;
-        self.pacer.learn(scope, &response);
+        self.pacer.learn(scope, response.headers());
         Ok(response)
     }
 
@@ -471,6 +463,7 @@ fn truncate(text: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     #[test]
     fn scheduled_jobs_page_reads_both_pause_spellings_and_raw_rules() {
@@ -485,6 +478,24 @@ mod tests {
         assert_eq!(page.page_info.end_cursor.as_deref(), Some("abc"));
         let other: ClusterQueue = serde_json::from_str(r#"{"dispatch_paused":false}"#).unwrap();
         assert!(!other.is_paused());
+    }
+
+    #[test]
+    fn an_exhausted_rate_limit_delays_the_next_call_of_that_scope_only() {
+        let pacer = Pacer::default();
+        let mut headers = HeaderMap::new();
+        headers.insert("ratelimit-remaining", HeaderValue::from_static("3"));
+        headers.insert("ratelimit-reset", HeaderValue::from_static("1"));
+        pacer.learn(Scope::BatchReserve, &headers);
+        assert_eq!(pacer.wait_for(Scope::BatchReserve), None);
+        headers.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+        pacer.learn(Scope::BatchReserve, &headers);
+        let wait = pacer.wait_for(Scope::BatchReserve).expect("a wait");
+        assert!(
+            wait > Duration::from_millis(500) && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert_eq!(pacer.wait_for(Scope::ListScheduledJobs), None);
     }
 
     #[test]

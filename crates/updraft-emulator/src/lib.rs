@@ -17,7 +17,7 @@ mod error;
 mod faults;
 mod introspection;
 mod job_api;
-pub mod log;
+mod log;
 mod metrics;
 mod push;
 mod ratelimit;

@@ -36,7 +36,7 @@ pub struct WorkloadRequest {
 }
 
 impl WorkloadRequest {
-    pub fn arrivals(self) -> ApiResult<Vec<Arrival>> {
+    pub(crate) fn arrivals(self) -> ApiResult<Vec<Arrival>> {
         let mut arrivals = match (self.trace, self.pipeline) {
             (Some(trace), None) => trace,
             (None, Some(pipeline)) => {
@@ -102,7 +102,7 @@ fn create(app: &SharedApp, arrival: &Arrival) -> ApiResult<(String, u64)> {
 }
 
 /// Create the offset-0 builds now and the rest from a background task.
-pub fn start(app: &SharedApp, arrivals: Vec<Arrival>) -> ApiResult<WorkloadStarted> {
+pub(crate) fn start(app: &SharedApp, arrivals: Vec<Arrival>) -> ApiResult<WorkloadStarted> {
     let missing = app.store.read(|s| {
         arrivals
             .iter()

@@ -18,6 +18,9 @@ use updraft_buildkite::stacks::Notification;
 use updraft_model::QueryRules;
 use uuid::Uuid;
 
+/// How long the status page keeps showing a job of a queue no fleet serves.
+pub(crate) const UNSERVED_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// A job some source has told us about.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
@@ -277,7 +280,7 @@ impl Core {
                 },
             );
         }
-        Stats::add(&self.stats.in_flight, state.limiter.in_flight() as u64);
+        self.stats.set_in_flight(state.limiter.in_flight());
     }
 
     /// A job this process had admitted is no longer ours: free its slot.
@@ -286,9 +289,7 @@ impl Core {
         if let Some(tracked) = state.jobs.remove(&job) {
             if let (Some(index), Phase::Owned) = (tracked.fleet, &tracked.phase) {
                 state.limiter.release(index);
-                self.stats
-                    .in_flight
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.stats.set_in_flight(state.limiter.in_flight());
             }
         }
         state.notified.remove(&job);
@@ -322,8 +323,89 @@ impl Core {
         }
     }
 
+    /// Forget jobs of queues no fleet serves once they are older than `UNSERVED_MEMORY`.
+    /// No poll lists those queues, so nothing else would ever drop them, and an
+    /// organization-wide webhook sends every job of every queue.
+    pub fn forget_old_unserved(&self, now_ms: i64) {
+        let served = self.config.queues();
+        let cutoff = now_ms - UNSERVED_MEMORY.as_millis() as i64;
+        let mut state = self.state();
+        let old: Vec<Uuid> = state
+            .jobs
+            .iter()
+            .filter(|(_, t)| {
+                t.phase == Phase::Unserved && t.seen_at_ms < cutoff && !served.contains(&t.queue)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in old {
+            state.jobs.remove(&id);
+            state.notified.remove(&id);
+        }
+    }
+
     pub fn backend_for(&self, job: Uuid) -> Option<Arc<dyn Backend>> {
         let fleet = self.state().jobs.get(&job).and_then(|t| t.fleet);
         fleet.map(|index| self.fleet_backends[index].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(dir: &std::path::Path) -> Core {
+        let config = Config::parse(
+            "[buildkite]\nendpoint = \"http://127.0.0.1:9/v3\"\nagent_token = \"t\"\n[[fleet]]\nname = \"linux\"\nqueue = \"linux\"\n",
+        )
+        .unwrap();
+        let stacks = StackSet::new(&config).unwrap();
+        let ledger = Arc::new(Ledger::open(&dir.join("l.sqlite")).unwrap());
+        Core::new(config, stacks, ledger, BTreeMap::new(), Vec::new()).0
+    }
+
+    fn candidate(rules: &[&str], source: Source) -> Candidate {
+        Candidate {
+            id: Uuid::new_v4(),
+            rules: Ok(QueryRules::parse("r", rules).unwrap()),
+            priority: 0,
+            scheduled_at_ms: 0,
+            source,
+        }
+    }
+
+    #[test]
+    fn a_job_is_taken_in_once_whatever_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        let job = candidate(&["queue=linux"], Source::Push);
+        assert_eq!(core.intake(vec![job.clone()]), 1);
+        assert_eq!(
+            core.intake(vec![Candidate {
+                source: Source::Pull,
+                ..job
+            }]),
+            0
+        );
+        let stats = core.stats.snapshot();
+        assert_eq!((stats.jobs_seen, stats.duplicates_ignored), (1, 1));
+    }
+
+    #[test]
+    fn jobs_of_unserved_queues_are_forgotten_after_a_while() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        let foreign = candidate(&["queue=gpu"], Source::Push);
+        let mismatched = candidate(&["queue=linux", "arch=arm64"], Source::Push);
+        core.intake(vec![foreign.clone(), mismatched.clone()]);
+        assert_eq!(
+            core.state().jobs[&foreign.id].reason.as_deref(),
+            Some("no fleet serves queue=gpu")
+        );
+        core.forget_old_unserved(now_ms() + UNSERVED_MEMORY.as_millis() as i64 + 1);
+        let state = core.state();
+        assert!(!state.jobs.contains_key(&foreign.id));
+        // A served queue's listing decides about this one (`forget_unlisted`).
+        assert!(state.jobs.contains_key(&mismatched.id));
     }
 }

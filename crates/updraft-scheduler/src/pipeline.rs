@@ -96,9 +96,9 @@ pub(crate) async fn dispatcher(core: Arc<Core>) {
                     ));
                 }
             }
+            core.stats.set_in_flight(state.limiter.in_flight());
             admitted
         };
-        Stats::add(&core.stats.in_flight, admitted.len() as u64);
         for item in admitted {
             let _ = core.to_reserve.send(item);
         }
@@ -215,29 +215,18 @@ pub(crate) async fn launcher(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver
     let (launched_tx, launched_rx) = mpsc::unbounded_channel();
     tokio::spawn(ledger_writer(core.clone(), launched_rx));
     while let Some(batch) = drain(&core, &mut inbox, MAX_BATCH).await {
-        let jobs: Vec<Uuid> = {
-            let mut state = core.state();
-            let mut jobs = Vec::new();
-            for job in batch {
-                if state.jobs.contains_key(&job) && state.launching.insert(job) {
-                    jobs.push(job);
-                }
-            }
-            jobs
-        };
-        if jobs.is_empty() {
-            continue;
-        }
+        // A job already being launched (asked for twice, e.g. by the reserver and the
+        // reconciler) is taken once.
         let mut by_queue: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
         {
-            let state = core.state();
-            for job in jobs {
-                let queue = state
-                    .jobs
-                    .get(&job)
-                    .map(|t| t.queue.clone())
-                    .unwrap_or_default();
-                by_queue.entry(queue).or_default().push(job);
+            let mut state = core.state();
+            for job in batch {
+                let Some(queue) = state.jobs.get(&job).map(|t| t.queue.clone()) else {
+                    continue;
+                };
+                if state.launching.insert(job) {
+                    by_queue.entry(queue).or_default().push(job);
+                }
             }
         }
         for (queue, jobs) in by_queue {
@@ -278,7 +267,8 @@ async fn issue_and_launch(
         }
     };
     if !issued.not_issued.is_empty() {
-        tracing::warn!(jobs = ?issued.not_issued, "Buildkite issued no job acquisition token; those jobs are not launched");
+        // Usually a job whose agent took it meanwhile; the reconciler settles the rest.
+        tracing::info!(jobs = ?issued.not_issued, "Buildkite issued no job acquisition token; those jobs are not launched");
         let mut state = core.state();
         for job in &issued.not_issued {
             state.launching.remove(job);

@@ -69,6 +69,7 @@ pub(crate) async fn poller(core: Arc<Core>) {
         if !poll_all(&core).await {
             return;
         }
+        core.forget_old_unserved(now_ms());
     }
 }
 

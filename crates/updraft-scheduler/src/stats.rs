@@ -49,6 +49,9 @@ impl Pickup {
     }
 }
 
+/// How many pickups `StatsSnapshot::pickups` holds at most (the most recent ones).
+pub const MAX_PICKUPS: usize = 100_000;
+
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
     pub jobs_seen: AtomicU64,
@@ -67,11 +70,17 @@ impl Stats {
         counter.fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn set_in_flight(&self, slots: u32) {
+        self.in_flight.store(slots as u64, Ordering::Relaxed);
+    }
+
+    /// Keep the most recent `MAX_PICKUPS`, so a long-running scheduler's memory stays flat.
     pub fn record_pickup(&self, pickup: Pickup) {
-        self.pickups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pickup);
+        let mut pickups = self.pickups.lock().unwrap_or_else(|e| e.into_inner());
+        if pickups.len() >= MAX_PICKUPS {
+            pickups.drain(..MAX_PICKUPS / 2);
+        }
+        pickups.push(pickup);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -110,7 +119,8 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     pub reconcile_passes: u64,
     pub corrections: u64,
-    /// First launch of each job this process made, in launch order.
+    /// First launch of each job this process made, in launch order (the most recent
+    /// `MAX_PICKUPS`).
     pub pickups: Vec<Pickup>,
 }
 
@@ -147,6 +157,26 @@ mod tests {
         assert_eq!(quantile(&mut values, 0.5), Some(Duration::from_millis(50)));
         assert_eq!(quantile(&mut values, 0.99), Some(Duration::from_millis(99)));
         assert_eq!(quantile(&mut [], 0.5), None);
+    }
+
+    #[test]
+    fn old_pickups_are_dropped_beyond_the_cap() {
+        let stats = Stats::default();
+        for i in 0..(MAX_PICKUPS as i64 + 10) {
+            stats.record_pickup(Pickup {
+                job: Uuid::nil(),
+                source: Source::Pull,
+                scheduled_at_ms: i,
+                seen_at_ms: i,
+                launched_at_ms: i,
+            });
+        }
+        let pickups = stats.snapshot().pickups;
+        assert!(pickups.len() <= MAX_PICKUPS);
+        assert_eq!(
+            pickups.last().map(|p| p.launched_at_ms),
+            Some(MAX_PICKUPS as i64 + 9)
+        );
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::time::Duration;
 use support::{acquires, config_text, emulator, wait_until, AgentBackend};
 use updraft_backends::{Backend, LaunchName};
 use updraft_buildkite::stacks::{RegisterStack, StacksClient};
-use updraft_emulator::{EmulatorHandle, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget};
+use updraft_emulator::{
+    ApiFaults, EmulatorHandle, PushFaults, PushTargets, RateLimitConfig, WebhookAuth, WebhookTarget,
+};
 use updraft_model::{JobState, Secret};
 use updraft_scheduler::ledger::{Ledger, NewReservation};
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
@@ -141,8 +143,13 @@ async fn many_jobs_across_fleets_and_queues_are_each_acquired_once() {
     })
     .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    wait_until(LIMIT, "every slot freed", || {
+        scheduler.stats().in_flight == 0
+    })
+    .await;
     let stats = scheduler.stats();
     assert_eq!(stats.launched, 90);
+    assert_eq!(stats.closed, 90);
     assert!(stats
         .pickups
         .iter()
@@ -183,13 +190,41 @@ async fn buildkites_rate_limits_slow_the_scheduler_down_without_losing_a_job() {
     let backend = AgentBackend::new(Some(Duration::from_millis(50)));
     let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
     push_to(&emulator, &scheduler, "hook-secret");
-    emulator.create_pipeline("limited", &pipeline_yaml(30)).unwrap();
+    emulator
+        .create_pipeline("limited", &pipeline_yaml(30))
+        .unwrap();
     let mut jobs = Vec::new();
     for _ in 0..2 {
         jobs.extend(emulator.create_build("limited").unwrap().job_ids);
     }
     let jobs = command_jobs(&emulator, &jobs);
-    wait_until(LIMIT, "every job passed", || all_in(&emulator, &jobs, JobState::Passed)).await;
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
+    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_and_throttled_requests_are_retried_without_running_a_job_twice() {
+    let emulator = emulator().await;
+    emulator.set_api_faults(ApiFaults {
+        fraction: 0.1,
+        seed: 7,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(Some(Duration::from_millis(50)));
+    let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
+    push_to(&emulator, &scheduler, "hook-secret");
+    emulator
+        .create_pipeline("faulty", &pipeline_yaml(30))
+        .unwrap();
+    let jobs = command_jobs(&emulator, &emulator.create_build("faulty").unwrap().job_ids);
+    wait_until(LIMIT, "every job passed", || {
+        all_in(&emulator, &jobs, JobState::Passed)
+    })
+    .await;
     assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
     scheduler.shutdown().await.unwrap();
 }

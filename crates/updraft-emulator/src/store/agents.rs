@@ -25,7 +25,6 @@ pub struct RegisterRequest {
     pub meta_data: Vec<String>,
     pub priority: Option<String>,
     pub ignore_in_dispatches: bool,
-    pub features: Vec<String>,
 }
 
 /// What the register call authenticated with.
@@ -80,7 +79,6 @@ impl State {
             tags: tags.clone(),
             priority: req.priority,
             ignore_in_dispatches: req.ignore_in_dispatches || restricted_to.is_some(),
-            features: req.features,
             restricted_to,
             connection_state: ConnectionState::NeverConnected,
             created_at: now,

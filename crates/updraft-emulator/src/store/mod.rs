@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
-use updraft_model::{JobState, Secret};
+use updraft_model::JobState;
 use uuid::Uuid;
 
 pub use agents::{Caller, RegisterCredential, RegisterRequest};
@@ -34,15 +34,12 @@ pub struct Settings {
     pub org: String,
     pub org_id: Uuid,
     pub cluster_id: Uuid,
-    pub agent_token: Secret,
-    pub api_token: Secret,
     pub base_url: String,
     pub ping_interval_seconds: u64,
     pub heartbeat_interval_seconds: u64,
     pub job_status_interval_seconds: u64,
     pub minute: Duration,
     pub scheduled_job_expiry: Duration,
-    pub default_reservation: Duration,
     pub chunks_max_size_bytes: usize,
     pub max_finished_builds: usize,
 }
@@ -59,15 +56,12 @@ impl Settings {
                 &Uuid::NAMESPACE_URL,
                 format!("updraft-emulator/cluster/{}", config.org).as_bytes(),
             ),
-            agent_token: config.agent_token.clone(),
-            api_token: config.api_token.clone(),
             base_url,
             ping_interval_seconds: config.ping_interval_seconds.max(1),
             heartbeat_interval_seconds: config.heartbeat_interval_seconds.max(1),
             job_status_interval_seconds: config.job_status_interval_seconds.max(1),
             minute: config.minute,
             scheduled_job_expiry: config.scheduled_job_expiry,
-            default_reservation: config.default_reservation,
             chunks_max_size_bytes: config.chunks_max_size_bytes.max(1),
             max_finished_builds: config.max_finished_builds.max(1),
         }
@@ -186,10 +180,6 @@ impl State {
     pub(crate) fn add_deadline(&mut self, at: Time, job: Uuid, kind: DeadlineKind) {
         self.deadlines.insert((at, job, kind));
         self.deadlines_changed = true;
-    }
-
-    pub fn agent_by_session(&self, token: &str) -> Option<&Agent> {
-        self.sessions.get(token).and_then(|id| self.agents.get(id))
     }
 
     pub fn job_by_token(&self, token: &str) -> Option<&Job> {

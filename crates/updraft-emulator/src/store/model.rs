@@ -202,7 +202,6 @@ pub enum ConnectionState {
     Disconnected,
     Stopping,
     Stopped,
-    Lost,
 }
 
 impl ConnectionState {
@@ -213,7 +212,6 @@ impl ConnectionState {
             ConnectionState::Disconnected => "disconnected",
             ConnectionState::Stopping => "stopping",
             ConnectionState::Stopped => "stopped",
-            ConnectionState::Lost => "lost",
         }
     }
 }
@@ -231,7 +229,6 @@ pub struct Agent {
     pub tags: AgentTags,
     pub priority: Option<String>,
     pub ignore_in_dispatches: bool,
-    pub features: Vec<String>,
     /// Registered with a job acquisition token: may only acquire this job.
     pub restricted_to: Option<Uuid>,
     pub connection_state: ConnectionState,
@@ -263,7 +260,6 @@ pub struct Stack {
 #[derive(Debug, Clone)]
 pub struct AcquisitionToken {
     pub job_id: Uuid,
-    pub stack: String,
     pub expires_at: Time,
 }
 

@@ -245,7 +245,6 @@ impl State {
                 token.clone(),
                 AcquisitionToken {
                     job_id: id,
-                    stack: key.to_string(),
                     expires_at,
                 },
             );

@@ -27,6 +27,8 @@ use updraft_scheduler::{Config, Scheduler, SchedulerHandle, Source};
 
 /// Jobs run before measuring, to warm connections and the ledger.
 const WARM_UP_JOBS: usize = 5;
+/// The scheduler's poll interval in the benchmark (the Stacks API's floor, the default).
+const PULL_INTERVAL_MS: u64 = 1000;
 /// The queue and fleet every benchmark job goes to.
 const QUEUE: &str = "bench";
 /// Most jobs one step may fan out to (`parallelism`).
@@ -69,8 +71,12 @@ pub async fn pickup(args: PickupArgs) -> anyhow::Result<ExitCode> {
     }
     bench.emulator.push_to(None).await?;
     for _ in 0..args.pull_samples {
-        // A random pause, so jobs land at random points of the poll cycle.
-        tokio::time::sleep(Duration::from_millis(rand::random_range(0..200))).await;
+        // Each job follows the launch of the one before, which comes right after a poll; a
+        // pause drawn uniformly from one poll interval lands it at a random point of the cycle.
+        tokio::time::sleep(Duration::from_millis(rand::random_range(
+            0..PULL_INTERVAL_MS,
+        )))
+        .await;
         bench.run_one_build(&mut launched).await?;
     }
     let warm_up: HashSet<_> = bench
@@ -244,7 +250,7 @@ impl Bench {
             .slug;
         let webhook_token = Secret::new(format!("bench_{:032x}", rand::random::<u128>()));
         let config = format!(
-            "[buildkite]\nendpoint = {}\nagent_token = {}\nstack_key = \"updraft-bench\"\n\n\
+            "[buildkite]\nendpoint = {}\nagent_token = {}\nstack_key = \"updraft-bench\"\npoll_interval_ms = {PULL_INTERVAL_MS}\n\n\
              [push]\nwebhook_token = {}\n\n[http]\nlisten = \"127.0.0.1:0\"\n\n[ledger]\npath = {}\n\n\
              [[fleet]]\nname = \"{QUEUE}\"\nqueue = \"{QUEUE}\"\nbackend = \"noop\"\nmax_in_flight = 1000000\n\
              pending_deadline = \"1h\"\n\n[fleet.template]\ncommand = [\"true\"]\n",

@@ -45,6 +45,10 @@ fn detail_type(event: &Event) -> Option<&'static str> {
         "build.failing" => "Build Failing",
         "build.finished" if event.build["state"] == "blocked" => "Build Blocked",
         "build.finished" => "Build Finished",
+        "agent.connected" => "Agent Connected",
+        "agent.disconnected" => "Agent Disconnected",
+        "agent.stopping" => "Agent Stopping",
+        "agent.stopped" => "Agent Stopped",
         _ => return None,
     })
 }
@@ -86,9 +90,25 @@ fn eventbridge_detail(event: &Event, org: &str, org_id: &Value) -> Value {
                 "retried_in_job_id": j["retried_in_job_id"],
             }),
         );
-        if let Some(agent) = &event.agent {
-            detail.insert("agent".into(), json!({"uuid": agent["id"], "graphql_id": agent["graphql_id"], "name": agent["name"], "meta_data": agent["meta_data"]}));
-        }
+    }
+    if let Some(a) = &event.agent {
+        detail.insert(
+            "agent".into(),
+            json!({
+                "uuid": a["id"], "graphql_id": a["graphql_id"], "connection_state": a["connection_state"],
+                "name": a["name"], "version": a["version"], "ip_address": a["ip_address"], "hostname": a["hostname"],
+                "pid": null, "priority": a["priority"], "meta_data": a["meta_data"],
+                "connected_at": eb_time(&a["connected_at"]), "disconnected_at": eb_time(&a["disconnected_at"]),
+                "lost_at": null,
+            }),
+        );
+    }
+    if event.build.is_null() {
+        detail.insert(
+            "organization".into(),
+            json!({"uuid": org_id, "graphql_id": null, "slug": org}),
+        );
+        return Value::Object(detail);
     }
     detail.insert(
         "build".into(),
@@ -111,9 +131,17 @@ fn deliveries(app: &SharedApp, event: &Event) -> Vec<Delivery> {
     let targets = app.push_targets();
     let mut out = Vec::new();
     if let Some(WebhookTarget { url, auth }) = &targets.webhook {
-        let mut body = json!({"event": event.name, "build": event.build, "pipeline": event.pipeline, "sender": {"id": Uuid::nil(), "name": "Updraft emulator"}});
+        let mut body =
+            json!({"event": event.name, "sender": {"id": Uuid::nil(), "name": "Updraft emulator"}});
+        if !event.build.is_null() {
+            body["build"] = event.build.clone();
+            body["pipeline"] = event.pipeline.clone();
+        }
         if let Some(job) = &event.job {
             body["job"] = job.clone();
+        }
+        if let Some(agent) = event.agent.as_ref().filter(|_| event.job.is_none()) {
+            body["agent"] = agent.clone();
         }
         out.push(Delivery {
             url: url.clone(),

@@ -278,3 +278,63 @@ async fn api_faults_answer_429_or_503_and_change_nothing() {
         5 + faulted
     );
 }
+
+#[tokio::test]
+async fn agent_events_are_pushed_as_webhooks_and_eventbridge() {
+    let h = start().await;
+    let (hook_url, hooks) = receiver().await;
+    let (eb_url, bridge) = receiver().await;
+    h.emulator.set_push_targets(PushTargets {
+        webhook: Some(WebhookTarget {
+            url: hook_url,
+            auth: WebhookAuth::Token(Secret::new("t")),
+        }),
+        eventbridge_url: Some(eb_url),
+    });
+    let agent = h.register(&["queue=default"]).await;
+    let response = h
+        .v2(
+            Method::PUT,
+            &format!("/organizations/acme/agents/{}/stop", agent.id),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    h.v3(Method::POST, "/disconnect", &agent.session)
+        .send()
+        .await
+        .unwrap();
+    eventually("agent events", || async {
+        events(&hooks).len() == 3 && events(&bridge).len() == 3
+    })
+    .await;
+    let mut names = events(&hooks);
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["agent.connected", "agent.stopped", "agent.stopping"],
+        "deliveries may arrive in any order"
+    );
+    let mut kinds = events(&bridge);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec!["Agent Connected", "Agent Stopped", "Agent Stopping"]
+    );
+    let got = hooks.lock().unwrap();
+    let (_, connected, _) = got
+        .iter()
+        .find(|(_, v, _)| v["event"] == "agent.connected")
+        .unwrap();
+    assert_eq!(connected["agent"]["id"], agent.id.as_str());
+    assert!(connected.get("build").is_none());
+    let bridge = bridge.lock().unwrap();
+    let (_, envelope, _) = bridge
+        .iter()
+        .find(|(_, v, _)| v["detail-type"] == "Agent Stopped")
+        .unwrap();
+    assert_eq!(envelope["detail"]["agent"]["uuid"], agent.id.as_str());
+    assert_eq!(envelope["detail"]["agent"]["connection_state"], "stopped");
+    assert_eq!(envelope["detail"]["organization"]["slug"], "acme");
+}

@@ -109,6 +109,23 @@ impl State {
         }))
     }
 
+    /// `agent.connected` / `disconnected` / `stopping` / `stopped` for webhooks and EventBridge.
+    fn emit_agent_event(&mut self, name: &'static str, id: Uuid) {
+        if !self.push_enabled {
+            return;
+        }
+        let Some(agent) = self.agents.get(&id).map(|a| self.rest_agent(a)) else {
+            return;
+        };
+        self.emit(super::Event {
+            name,
+            job: None,
+            build: Value::Null,
+            pipeline: Value::Null,
+            agent: Some(agent),
+        });
+    }
+
     fn agent_mut(&mut self, id: Uuid) -> ApiResult<&mut Agent> {
         self.agents
             .get_mut(&id)
@@ -127,9 +144,13 @@ impl State {
                 agent.connection_state.as_str()
             )));
         }
+        let newly = agent.connection_state != ConnectionState::Connected;
         agent.connection_state = ConnectionState::Connected;
         agent.connected_at = Some(now);
         agent.last_seen_at = now;
+        if newly {
+            self.emit_agent_event("agent.connected", id);
+        }
         Ok(())
     }
 
@@ -149,8 +170,17 @@ impl State {
         if agent.connection_state == ConnectionState::Stopped {
             agent.stopped_at = Some(now);
         }
+        let stopped = agent.connection_state == ConnectionState::Stopped;
         let held = agent.job_id.take();
         if !already_gone {
+            self.emit_agent_event(
+                if stopped {
+                    "agent.stopped"
+                } else {
+                    "agent.disconnected"
+                },
+                id,
+            );
             self.gone_agents.push_back(id);
             self.forget_gone_agents();
         }
@@ -203,11 +233,16 @@ impl State {
         let agent = self.agent_mut(id)?;
         agent.pings += 1;
         agent.last_seen_at = now;
-        if agent.connection_state == ConnectionState::NeverConnected {
+        let first_contact = agent.connection_state == ConnectionState::NeverConnected;
+        if first_contact {
             agent.connection_state = ConnectionState::Connected;
             agent.connected_at = Some(now);
         }
-        if let Some(job_id) = agent.job_id {
+        let held = agent.job_id;
+        if first_contact {
+            self.emit_agent_event("agent.connected", id);
+        }
+        if let Some(job_id) = held {
             if let Some(job) = self
                 .jobs
                 .get(&job_id)
@@ -409,6 +444,7 @@ impl State {
         }
         agent.connection_state = ConnectionState::Stopping;
         let job = agent.job_id;
+        self.emit_agent_event("agent.stopping", id);
         if let Some(job_id) = job.filter(|_| force) {
             // A job already past the point of cancelling needs nothing more.
             let _ = self.cancel_job(job_id, "agent stopped");

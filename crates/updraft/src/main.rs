@@ -37,7 +37,12 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    cmd::init_logging();
+    // The demo and the benchmarks print their own progress; their logs would only be noise.
+    let default_log = match cli.command {
+        Command::Demo(_) | Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    cmd::init_logging(default_log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

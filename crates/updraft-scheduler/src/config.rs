@@ -15,6 +15,11 @@ pub const DEFAULT_ENDPOINT: &str = "https://agent.buildkite.com/v3";
 pub const DEFAULT_AGENT_TOKEN_ENV: &str = "BUILDKITE_AGENT_TOKEN";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_LEDGER_PATH: &str = "updraft-ledger.sqlite";
+/// How long a closed job's ledger rows are kept by default.
+pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The shortest retention accepted: closed jobs stay readable (recent launches on
+/// `/status`, an operator's look at what happened) for at least this long.
+pub const MIN_LEDGER_RETENTION: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LOCAL_STATE_DIR: &str = "updraft-local";
 /// The reference's floor for polling scheduled-jobs.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -101,6 +106,9 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
     pub path: PathBuf,
+    /// Closed jobs (with their launches, reservations and transitions) older than this are
+    /// pruned by the reconciler; open jobs are never pruned.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -385,10 +393,12 @@ impl<'e> Fields<'e> {
         }
     }
 
-    /// `"90s"`, `"5m"`, `"2h"`, `"1500ms"`, or an integer number of seconds.
+    /// `"90s"`, `"5m"`, `"2h"`, `"7d"`, `"1500ms"`, or an integer number of seconds.
     fn duration(&mut self, key: &str) -> Option<Duration> {
         let parsed = match self.table.remove(key)? {
-            Value::Integer(secs) if secs > 0 => Ok(Duration::from_secs(secs as u64)),
+            Value::Integer(secs) if secs > 0 && secs as u64 <= MAX_DURATION.as_secs() => {
+                Ok(Duration::from_secs(secs as u64))
+            }
             Value::String(s) => parse_duration(&s).ok_or_else(|| format!("{s:?}")),
             other => Err(describe(&other)),
         };
@@ -397,7 +407,7 @@ impl<'e> Fields<'e> {
                 self.error(
                     key,
                     format!(
-                        "expected a positive duration like \"90s\", \"5m\" or \"2h\", got {got}"
+                        "expected a positive duration like \"90s\", \"5m\", \"2h\" or \"7d\" (at most 100 years), got {got}"
                     ),
                 )
             })
@@ -506,18 +516,27 @@ fn describe(value: &Value) -> String {
     }
 }
 
+/// The longest duration any setting accepts; sums and millisecond conversions of durations
+/// up to this cannot overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `"1500ms"`, `"90s"`, `"5m"`, `"2h"` or `"7d"`: positive and at most `MAX_DURATION`.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = raw.split_at(split);
     let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
-    match unit.trim() {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
-        _ => None,
-    }
+    let seconds_per_unit = match unit.trim() {
+        "ms" => return Some(Duration::from_millis(n)).filter(|d| *d <= MAX_DURATION),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        _ => return None,
+    };
+    n.checked_mul(seconds_per_unit)
+        .map(Duration::from_secs)
+        .filter(|d| *d <= MAX_DURATION)
 }
 
 type EnvLookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
@@ -748,9 +767,19 @@ fn read_ledger(table: Table, errors: &mut Vec<ConfigError>) -> Option<LedgerConf
     let path = f
         .non_empty_string("path")
         .unwrap_or_else(|| DEFAULT_LEDGER_PATH.to_string());
+    let retention = f.duration("retention").unwrap_or(DEFAULT_LEDGER_RETENTION);
+    if retention < MIN_LEDGER_RETENTION {
+        f.error(
+            "retention",
+            format!(
+                "expected at least 1h (closed jobs stay readable at least that long), got {retention:?}"
+            ),
+        );
+    }
     f.finish();
     Some(LedgerConfig {
         path: PathBuf::from(path),
+        retention,
     })
 }
 
@@ -1033,6 +1062,31 @@ mod tests {
             "/tmp/builds"
         );
         assert_eq!(config.queues(), vec!["linux"]);
+        assert_eq!(config.ledger.retention, DEFAULT_LEDGER_RETENTION);
+    }
+
+    #[test]
+    fn ledger_retention_defaults_to_a_week_and_refuses_less_than_an_hour() {
+        let config = Config::parse(MINIMAL).unwrap();
+        assert_eq!(config.ledger.retention, DEFAULT_LEDGER_RETENTION);
+        let env = vec![("UPDRAFT_LEDGER_RETENTION".to_string(), "30d".to_string())];
+        let config = Config::parse_with_env(MINIMAL, env).unwrap();
+        assert_eq!(config.ledger.retention, Duration::from_secs(30 * 24 * 3600));
+        for (retention, expected) in [
+            (
+                "\"10m\"",
+                "ledger.retention: expected at least 1h (closed jobs stay readable at least that long), got 600s",
+            ),
+            (
+                "\"forever\"",
+                "ledger.retention: expected a positive duration like \"90s\", \"5m\", \"2h\" or \"7d\" (at most 100 years), got \"forever\"",
+            ),
+        ] {
+            let text = format!("[ledger]\nretention = {retention}\n{MINIMAL}");
+            let errors = Config::parse(&text).unwrap_err();
+            let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            assert_eq!(lines, vec![expected.to_string()]);
+        }
     }
 
     #[test]
@@ -1040,7 +1094,13 @@ mod tests {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_duration("7d"),
+            Some(Duration::from_secs(7 * 24 * 3600))
+        );
         assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("36501d"), None);
+        assert_eq!(parse_duration("99999999999999999d"), None);
         assert_eq!(parse_duration("soon"), None);
     }
 }

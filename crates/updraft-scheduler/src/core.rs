@@ -344,6 +344,16 @@ impl Core {
         }
     }
 
+    /// Keep stop requests only for launches the backends still list. A request for a launch
+    /// of a closed job is dropped by `release`, but a stray launch (no open ledger job) that
+    /// vanishes without our delete — removed by hand, or by the backend itself — would
+    /// otherwise hold its entry for as long as the process runs.
+    pub fn forget_stops_except(&self, listed: &HashSet<Uuid>) {
+        self.state()
+            .stop_requested
+            .retain(|job| listed.contains(job));
+    }
+
     pub fn backend_for(&self, job: Uuid) -> Option<Arc<dyn Backend>> {
         let fleet = self.state().jobs.get(&job).and_then(|t| t.fleet);
         fleet.map(|index| self.fleet_backends[index].clone())
@@ -389,6 +399,16 @@ mod tests {
         );
         let stats = core.stats.snapshot();
         assert_eq!((stats.jobs_seen, stats.duplicates_ignored), (1, 1));
+    }
+
+    #[test]
+    fn stop_requests_are_kept_only_for_launches_still_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        let (listed, vanished) = (Uuid::new_v4(), Uuid::new_v4());
+        core.state().stop_requested.extend([listed, vanished]);
+        core.forget_stops_except(&HashSet::from([listed]));
+        assert_eq!(core.state().stop_requested, HashSet::from([listed]));
     }
 
     #[test]

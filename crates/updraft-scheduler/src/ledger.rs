@@ -2,7 +2,8 @@
 //! and each stage transition with its time. It is what makes a restart exact: a job with a
 //! launch recorded is never launched fresh again, and a job reserved but not launched is
 //! found and launched. Writes come in batches, one transaction each, so a burst of
-//! thousands of jobs costs a handful of commits.
+//! thousands of jobs costs a handful of commits. Closed jobs are pruned once older than the
+//! configured retention (`prune_closed`), so a long-running scheduler's ledger stays flat.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -86,6 +87,31 @@ pub struct LaunchRow {
     pub outcome: Option<String>,
 }
 
+/// Rows one `prune_closed` removed, by table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub launches: u64,
+    pub reservations: u64,
+    pub transitions: u64,
+}
+
+impl Pruned {
+    /// Each table's name with the rows removed from it.
+    pub fn by_table(&self) -> [(&'static str, u64); 4] {
+        [
+            ("jobs", self.jobs),
+            ("launches", self.launches),
+            ("reservations", self.reservations),
+            ("transitions", self.transitions),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.jobs + self.launches + self.reservations + self.transitions
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("ledger {path}: {detail}")]
 pub struct LedgerError {
@@ -123,11 +149,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (stage) WHERE stage != 'done';
+CREATE INDEX IF NOT EXISTS jobs_closed ON jobs (stage_since_ms) WHERE stage = 'done';
 CREATE TABLE IF NOT EXISTS reservations (
     job_id TEXT NOT NULL,
     reserved_at_ms INTEGER NOT NULL,
     expires_at_ms INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS reservations_job ON reservations (job_id);
 CREATE TABLE IF NOT EXISTS launches (
     name TEXT NOT NULL,
     job_id TEXT NOT NULL,
@@ -144,6 +172,7 @@ CREATE TABLE IF NOT EXISTS transitions (
     stage TEXT NOT NULL,
     detail TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id);
 ";
 
 impl Ledger {
@@ -388,6 +417,42 @@ impl Ledger {
         })
     }
 
+    /// Delete jobs closed before `closed_before_ms` — the oldest first, at most `max_jobs` —
+    /// with their launches, reservations and transitions, in one transaction. Only `done`
+    /// jobs are ever chosen, so an open job keeps every row. Returns the rows removed; fewer
+    /// than `max_jobs` jobs means nothing older is left.
+    pub fn prune_closed(
+        &self,
+        closed_before_ms: i64,
+        max_jobs: u32,
+    ) -> Result<Pruned, LedgerError> {
+        self.with_tx("pruning closed jobs", |tx| {
+            let ids: Vec<String> = {
+                let mut select = tx.prepare_cached(
+                    "SELECT id FROM jobs WHERE stage = 'done' AND stage_since_ms < ?1
+                     ORDER BY stage_since_ms LIMIT ?2",
+                )?;
+                let rows =
+                    select.query_map(params![closed_before_ms, max_jobs], |row| row.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            let mut launches = tx.prepare_cached("DELETE FROM launches WHERE job_id = ?1")?;
+            let mut reservations =
+                tx.prepare_cached("DELETE FROM reservations WHERE job_id = ?1")?;
+            let mut transitions = tx.prepare_cached("DELETE FROM transitions WHERE job_id = ?1")?;
+            let mut jobs =
+                tx.prepare_cached("DELETE FROM jobs WHERE id = ?1 AND stage = 'done'")?;
+            let mut pruned = Pruned::default();
+            for id in &ids {
+                pruned.launches += launches.execute([id])? as u64;
+                pruned.reservations += reservations.execute([id])? as u64;
+                pruned.transitions += transitions.execute([id])? as u64;
+                pruned.jobs += jobs.execute([id])? as u64;
+            }
+            Ok(pruned)
+        })
+    }
+
     fn read_jobs(
         &self,
         sql: &str,
@@ -575,6 +640,121 @@ mod tests {
             ledger.job(launching).unwrap().unwrap().stage,
             Stage::Launching
         );
+    }
+
+    const DAY_MS: i64 = 24 * 3600 * 1000;
+
+    /// Reserve, launch and (when `close`) close a job, then move its last change `age_ms`
+    /// into the past.
+    fn job_aged(ledger: &Ledger, close: bool, age_ms: i64) -> Uuid {
+        let job = Uuid::new_v4();
+        ledger.record_reserved(&[reservation(job)]).unwrap();
+        ledger.record_launching(&[job]).unwrap();
+        ledger
+            .record_launched(&[LaunchRow {
+                name: format!("updraft-{job}"),
+                job_id: job,
+                fleet: "linux".into(),
+                attempt: 1,
+                started_at_ms: now_ms(),
+                ended_at_ms: None,
+                outcome: None,
+            }])
+            .unwrap();
+        if close {
+            ledger.record_done(&[(job, "passed".into())]).unwrap();
+        }
+        let conn = ledger.conn.lock().unwrap();
+        conn.execute(
+            "UPDATE jobs SET stage_since_ms = stage_since_ms - ?2 WHERE id = ?1",
+            params![job.to_string(), age_ms],
+        )
+        .unwrap();
+        job
+    }
+
+    /// Rows of `job` in each table: jobs, launches, reservations, transitions.
+    fn rows_of(ledger: &Ledger, job: Uuid) -> [i64; 4] {
+        let conn = ledger.conn.lock().unwrap();
+        let count = |sql: &str| -> i64 {
+            conn.query_row(sql, [job.to_string()], |row| row.get(0))
+                .unwrap()
+        };
+        [
+            count("SELECT COUNT(*) FROM jobs WHERE id = ?1"),
+            count("SELECT COUNT(*) FROM launches WHERE job_id = ?1"),
+            count("SELECT COUNT(*) FROM reservations WHERE job_id = ?1"),
+            count("SELECT COUNT(*) FROM transitions WHERE job_id = ?1"),
+        ]
+    }
+
+    #[test]
+    fn pruning_removes_only_jobs_closed_before_the_retention_with_all_their_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+        let old_closed = job_aged(&ledger, true, 8 * DAY_MS);
+        let recent_closed = job_aged(&ledger, true, DAY_MS);
+        let old_open = job_aged(&ledger, false, 30 * DAY_MS);
+        // reserved, launching, launched, done.
+        assert_eq!(rows_of(&ledger, old_closed), [1, 1, 1, 4]);
+
+        let pruned = ledger.prune_closed(now_ms() - 7 * DAY_MS, 1000).unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                jobs: 1,
+                launches: 1,
+                reservations: 1,
+                transitions: 4
+            }
+        );
+        assert_eq!(pruned.total(), 7);
+        assert_eq!(rows_of(&ledger, old_closed), [0, 0, 0, 0]);
+        assert_eq!(rows_of(&ledger, recent_closed), [1, 1, 1, 4]);
+        assert_eq!(rows_of(&ledger, old_open), [1, 1, 1, 3]);
+        assert_eq!(
+            ledger
+                .open_jobs()
+                .unwrap()
+                .iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>(),
+            vec![old_open]
+        );
+        assert_eq!(
+            ledger.prune_closed(now_ms() - 7 * DAY_MS, 1000).unwrap(),
+            Pruned::default()
+        );
+    }
+
+    #[test]
+    fn pruning_takes_the_oldest_closed_jobs_first_up_to_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+        let oldest = job_aged(&ledger, true, 10 * DAY_MS);
+        let middle = job_aged(&ledger, true, 9 * DAY_MS);
+        let youngest = job_aged(&ledger, true, 8 * DAY_MS);
+        let cutoff = now_ms() - 7 * DAY_MS;
+        assert_eq!(ledger.prune_closed(cutoff, 2).unwrap().jobs, 2);
+        assert!(ledger.job(oldest).unwrap().is_none());
+        assert!(ledger.job(middle).unwrap().is_none());
+        assert!(ledger.job(youngest).unwrap().is_some());
+        assert_eq!(ledger.prune_closed(cutoff, 2).unwrap().jobs, 1);
+        assert!(ledger.job(youngest).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_job_reserved_again_after_closing_is_open_and_never_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+        let job = job_aged(&ledger, true, 8 * DAY_MS);
+        ledger.record_reserved(&[reservation(job)]).unwrap();
+        assert_eq!(
+            ledger.prune_closed(now_ms() + DAY_MS, 1000).unwrap(),
+            Pruned::default()
+        );
+        assert_eq!(ledger.job(job).unwrap().unwrap().stage, Stage::Reserved);
+        assert_eq!(rows_of(&ledger, job), [1, 1, 2, 5]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! pull (scheduled-jobs ≥ 1 s) ──┴─► intake (dedupe by job id) ─► router ─► limiter
 //!   ─► ledger + batch-reserve ─► job acquisition token ─► backend.launch
 //! reconciler (start-up + every interval): ledger ⇄ Buildkite job states ⇄ backend.list()
+//!   └─ at most every 5 min: prune ledger jobs closed longer ago than [ledger] retention
 //! ```
 //!
 //! # Using it
@@ -57,6 +58,7 @@ mod push;
 mod queue_metrics;
 pub mod reconcile;
 mod reconciler;
+mod retention;
 pub mod router;
 mod scheduler;
 pub mod stackset;

@@ -2,21 +2,25 @@
 //! the ledger's open jobs, then Buildkite's states — in that order, so a launch that exited
 //! after finishing its job is never mistaken for one that died mid-job), ask
 //! `reconcile::decide` what to do, and do it. Runs at start-up and every
-//! `[reconcile] interval_ms`, or sooner when a push event says a job finished.
+//! `[reconcile] interval_ms`, or sooner when a push event says a job finished. After a pass
+//! the loop prunes the ledger of long-closed jobs when that is due (`retention`).
 
 use crate::core::Core;
 use crate::ledger::{now_ms, LaunchRow};
 use crate::pipeline::check_fatal;
 use crate::reconcile::{decide, Action, FleetPolicy, LaunchView, Observed, Stray};
+use crate::retention::{prune_if_due, PruneSchedule};
 use crate::stats::Stats;
 use crate::telemetry::labels;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 use updraft_backends::{Backend, LaunchName};
 use updraft_model::JobState;
 use uuid::Uuid;
 
 pub(crate) async fn run(core: Arc<Core>) {
+    let mut prune_schedule = PruneSchedule::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(core.config.reconcile.interval) => {}
@@ -26,6 +30,7 @@ pub(crate) async fn run(core: Arc<Core>) {
         if let Err(error) = pass(&core).await {
             tracing::warn!("reconcile pass did not complete: {error}");
         }
+        prune_if_due(&core, &mut prune_schedule, Instant::now(), now_ms()).await;
     }
 }
 
@@ -53,6 +58,7 @@ pub(crate) async fn pass(core: &Arc<Core>) -> Result<(), String> {
             launches.insert(status.name.job_id(), (view, backend.clone()));
         }
     }
+    core.forget_stops_except(&launches.keys().copied().collect());
     let ledger = core.ledger.clone();
     let open = tokio::task::spawn_blocking(move || ledger.open_jobs())
         .await

@@ -2,7 +2,7 @@
 //! buildkite-agent-metrics' names and labels (`buildkite_total_*{cluster}`,
 //! `buildkite_queues_*{queue,cluster}`), and Updraft's own — jobs seen, launches by fleet and
 //! outcome, pickup latency from scheduled to launch, slots in flight, reconcile passes and
-//! corrections, push events.
+//! corrections, push events, ledger rows pruned past the retention.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -58,6 +58,7 @@ pub(crate) struct Telemetry {
     pub reconcile_passes: Counter,
     pub corrections: Family<Labels, Counter>,
     pub push_events: Family<Labels, Counter>,
+    pub ledger_pruned: Family<Labels, Counter>,
 }
 
 impl Telemetry {
@@ -130,6 +131,12 @@ impl Telemetry {
             "Push events received, by kind and result",
             push_events.clone(),
         );
+        let ledger_pruned = Family::<Labels, Counter>::default();
+        registry.register(
+            "updraft_ledger_pruned_rows",
+            "Ledger rows of jobs closed longer ago than [ledger] retention, pruned, by table",
+            ledger_pruned.clone(),
+        );
         Telemetry {
             registry,
             totals,
@@ -143,6 +150,7 @@ impl Telemetry {
             reconcile_passes,
             corrections,
             push_events,
+            ledger_pruned,
         }
     }
 

@@ -1,6 +1,7 @@
 //! `/_emulator/…`: the emulator's own API for tests and benchmarks, outside Buildkite's.
 //! Job timelines and accept/acquire attempts, counters, workloads, push targets, fault
-//! injection, rate-limit presets, queue pause, and cancelling a single job. No auth: it
+//! injection, rate-limit presets, queue pause, the lost-agent timeout, and cancelling a
+//! single job. No auth: it
 //! binds to loopback, and secrets are never echoed back.
 
 use crate::config::{
@@ -35,6 +36,10 @@ pub fn routes() -> Router<SharedApp> {
         .route("/rate-limits", get(get_rate_limits).put(set_rate_limits))
         .route("/queues/{key}/pause", put(pause_queue))
         .route("/queues/{key}/resume", put(resume_queue))
+        .route(
+            "/agents/lost-after",
+            get(get_agent_lost_after).put(set_agent_lost_after),
+        )
 }
 
 /// A job's timeline and every accept/acquire attempt (`GET /_emulator/jobs/{id}`).
@@ -351,4 +356,33 @@ async fn resume_queue(State(app): State<SharedApp>, Path(key): Path<String>) -> 
     let queue = crate::store::stacks::normalize_queue(&key).to_string();
     app.store.with(|s| s.paused_queues.remove(&queue));
     Json(json!({"queue": queue, "dispatch_paused": false}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentLostAfterRequest {
+    seconds: f64,
+}
+
+fn agent_lost_after_json(after: Duration) -> Json<Value> {
+    Json(json!({"seconds": after.as_secs_f64()}))
+}
+
+async fn get_agent_lost_after(State(app): State<SharedApp>) -> Json<Value> {
+    agent_lost_after_json(app.store.read(|s| s.settings.agent_lost_after))
+}
+
+async fn set_agent_lost_after(State(app): State<SharedApp>, body: Bytes) -> ApiResult<Json<Value>> {
+    let request: AgentLostAfterRequest = parse_json("agents/lost-after", &body)?;
+    let after = Duration::try_from_secs_f64(request.seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "agents/lost-after: `seconds` must be a positive number, got {}",
+                request.seconds
+            ))
+        })?;
+    app.store.with(|s| s.set_agent_lost_after(after));
+    Ok(agent_lost_after_json(after))
 }

@@ -146,6 +146,13 @@ impl EmulatorHandle {
         self.app.live.rate.set_config(limits);
     }
 
+    /// How long an agent may go without a heartbeat or ping before it is marked `lost`
+    /// (default: three heartbeat intervals). Connected agents are judged by the new length
+    /// from their last contact.
+    pub fn set_agent_lost_after(&self, after: std::time::Duration) {
+        self.app.store.with(|s| s.set_agent_lost_after(after));
+    }
+
     /// Create a pipeline from YAML (as REST `configuration`). The slug is `slug`.
     pub fn create_pipeline(&self, slug: &str, yaml: &str) -> anyhow::Result<()> {
         let def = steps::parse_yaml(yaml)?;

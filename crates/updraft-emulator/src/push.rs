@@ -49,6 +49,7 @@ fn detail_type(event: &Event) -> Option<&'static str> {
         "agent.disconnected" => "Agent Disconnected",
         "agent.stopping" => "Agent Stopping",
         "agent.stopped" => "Agent Stopped",
+        "agent.lost" => "Agent Lost",
         _ => return None,
     })
 }
@@ -99,7 +100,7 @@ fn eventbridge_detail(event: &Event, org: &str, org_id: &Value) -> Value {
                 "name": a["name"], "version": a["version"], "ip_address": a["ip_address"], "hostname": a["hostname"],
                 "pid": null, "priority": a["priority"], "meta_data": a["meta_data"],
                 "connected_at": eb_time(&a["connected_at"]), "disconnected_at": eb_time(&a["disconnected_at"]),
-                "lost_at": null,
+                "lost_at": eb_time(&a["lost_at"]),
             }),
         );
     }

@@ -85,6 +85,7 @@ impl State {
             connected_at: None,
             disconnected_at: None,
             stopped_at: None,
+            lost_at: None,
             last_seen_at: now,
             last_job_finished_at: None,
             job_id: None,
@@ -109,8 +110,9 @@ impl State {
         }))
     }
 
-    /// `agent.connected` / `disconnected` / `stopping` / `stopped` for webhooks and EventBridge.
-    fn emit_agent_event(&mut self, name: &'static str, id: Uuid) {
+    /// `agent.connected` / `lost` / `disconnected` / `stopping` / `stopped` for webhooks and
+    /// EventBridge.
+    pub(super) fn emit_agent_event(&mut self, name: &'static str, id: Uuid) {
         if !self.push_enabled {
             return;
         }
@@ -137,7 +139,7 @@ impl State {
         let agent = self.agent_mut(id)?;
         if matches!(
             agent.connection_state,
-            ConnectionState::Stopped | ConnectionState::Disconnected
+            ConnectionState::Stopped | ConnectionState::Disconnected | ConnectionState::Lost
         ) {
             return Err(ApiError::unprocessable(format!(
                 "This agent is {} and can't connect again; register a new one",
@@ -150,6 +152,7 @@ impl State {
         agent.last_seen_at = now;
         if newly {
             self.emit_agent_event("agent.connected", id);
+            self.watch_for_lost(id, now);
         }
         Ok(())
     }
@@ -157,10 +160,13 @@ impl State {
     pub fn disconnect_agent(&mut self, id: Uuid) -> ApiResult<()> {
         let now = Self::now();
         let agent = self.agent_mut(id)?;
-        let already_gone = matches!(
+        // Disconnecting twice (or after being lost) changes nothing.
+        if matches!(
             agent.connection_state,
-            ConnectionState::Disconnected | ConnectionState::Stopped
-        );
+            ConnectionState::Disconnected | ConnectionState::Stopped | ConnectionState::Lost
+        ) {
+            return Ok(());
+        }
         agent.connection_state = if agent.connection_state == ConnectionState::Stopping {
             ConnectionState::Stopped
         } else {
@@ -172,18 +178,16 @@ impl State {
         }
         let stopped = agent.connection_state == ConnectionState::Stopped;
         let held = agent.job_id.take();
-        if !already_gone {
-            self.emit_agent_event(
-                if stopped {
-                    "agent.stopped"
-                } else {
-                    "agent.disconnected"
-                },
-                id,
-            );
-            self.gone_agents.push_back(id);
-            self.forget_gone_agents();
-        }
+        self.emit_agent_event(
+            if stopped {
+                "agent.stopped"
+            } else {
+                "agent.disconnected"
+            },
+            id,
+        );
+        self.gone_agents.push_back(id);
+        self.forget_gone_agents();
         // A job handed out by ping but never accepted goes back to the queue.
         if let Some(job_id) = held.filter(|j| self.job_state(*j) == Some(JobState::Assigned)) {
             if let Some(job) = self.jobs.get_mut(&job_id) {
@@ -198,7 +202,7 @@ impl State {
         Ok(())
     }
 
-    fn forget_gone_agents(&mut self) {
+    pub(super) fn forget_gone_agents(&mut self) {
         if self.gone_agents.len() <= MAX_GONE_AGENTS {
             return;
         }
@@ -241,6 +245,7 @@ impl State {
         let held = agent.job_id;
         if first_contact {
             self.emit_agent_event("agent.connected", id);
+            self.watch_for_lost(id, now);
         }
         if let Some(job_id) = held {
             if let Some(job) = self
@@ -253,6 +258,10 @@ impl State {
             }
         }
         let agent = self.agent_mut(id)?;
+        // A lost agent that comes back is told to go (even if paused); its job was ended.
+        if agent.connection_state == ConnectionState::Lost {
+            return Ok(json!({"action": "disconnect"}));
+        }
         if agent.paused {
             return Ok(json!({"action": "pause"}));
         }

@@ -1,5 +1,5 @@
 //! Time-driven changes: scheduled jobs expiring, reservations lapsing, `timeout_in_minutes`,
-//! and forgetting finished builds beyond the cap.
+//! silent agents becoming lost, and forgetting finished builds beyond the cap.
 
 use super::model::*;
 use super::{DeadlineKind, State};
@@ -10,12 +10,16 @@ use uuid::Uuid;
 impl State {
     /// Fire every deadline due at `now`; return when the next one is due.
     pub fn sweep(&mut self, now: Time) -> Option<Time> {
-        while let Some(&(at, job_id, kind)) = self.deadlines.first() {
+        while let Some(&(at, id, kind)) = self.deadlines.first() {
             if at > now {
                 break;
             }
             self.deadlines.pop_first();
-            self.fire_deadline(job_id, kind, now);
+            if kind == DeadlineKind::AgentLost {
+                self.check_lost(id, now);
+            } else {
+                self.fire_deadline(id, kind, now);
+            }
         }
         self.deadlines.first().map(|d| d.0)
     }

@@ -189,7 +189,7 @@ impl State {
             "created_at": time(Some(a.created_at)),
             "connected_at": time(a.connected_at),
             "disconnected_at": time(a.disconnected_at),
-            "lost_at": null,
+            "lost_at": time(a.lost_at),
             "stopped_at": time(a.stopped_at),
             "last_job_finished_at": time(a.last_job_finished_at),
             "priority": a.priority.as_deref().and_then(|p| p.parse::<i64>().ok()),

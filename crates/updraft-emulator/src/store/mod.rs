@@ -8,6 +8,7 @@ mod deadlines;
 mod groups;
 pub mod json;
 mod lifecycle;
+mod lost;
 pub mod model;
 mod running;
 pub mod stacks;
@@ -42,6 +43,8 @@ pub struct Settings {
     pub scheduled_job_expiry: Duration,
     pub chunks_max_size_bytes: usize,
     pub max_finished_builds: usize,
+    /// An agent silent (no heartbeat, no ping) this long becomes `lost`.
+    pub agent_lost_after: Duration,
 }
 
 impl Settings {
@@ -64,8 +67,22 @@ impl Settings {
             scheduled_job_expiry: config.scheduled_job_expiry,
             chunks_max_size_bytes: config.chunks_max_size_bytes.max(1),
             max_finished_builds: config.max_finished_builds.max(1),
+            agent_lost_after: default_agent_lost_after(config),
         }
     }
+}
+
+/// Heartbeats missed before an agent counts as lost.
+const MISSED_HEARTBEATS_BEFORE_LOST: u64 = 3;
+
+/// Three heartbeat (or ping, if longer) intervals: a live agent sends at least two
+/// heartbeats in that time even when a request is slow.
+fn default_agent_lost_after(config: &EmulatorConfig) -> Duration {
+    let interval = config
+        .heartbeat_interval_seconds
+        .max(config.ping_interval_seconds)
+        .max(1);
+    Duration::from_secs(interval.saturating_mul(MISSED_HEARTBEATS_BEFORE_LOST))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -76,6 +93,8 @@ pub enum DeadlineKind {
     ReservationLapse,
     /// A running job passed `timeout_in_minutes`.
     Timeout,
+    /// A connected agent may have gone silent; the deadline's id is the agent's.
+    AgentLost,
 }
 
 /// Something that happened, for webhooks and EventBridge (`push`).
@@ -101,6 +120,7 @@ pub struct State {
     /// Jobs in state `scheduled`, by `seq` (oldest first).
     pub scheduled: BTreeMap<u64, Uuid>,
     pub next_seq: u64,
+    /// Due time, job id (agent id for `AgentLost`), kind.
     pub deadlines: BTreeSet<(Time, Uuid, DeadlineKind)>,
     pub agents: HashMap<Uuid, Agent>,
     pub agent_order: Vec<Uuid>,
@@ -177,8 +197,8 @@ impl State {
         self.outbox.push(event);
     }
 
-    pub(crate) fn add_deadline(&mut self, at: Time, job: Uuid, kind: DeadlineKind) {
-        self.deadlines.insert((at, job, kind));
+    pub(crate) fn add_deadline(&mut self, at: Time, id: Uuid, kind: DeadlineKind) {
+        self.deadlines.insert((at, id, kind));
         self.deadlines_changed = true;
     }
 

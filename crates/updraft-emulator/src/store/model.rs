@@ -202,6 +202,8 @@ pub enum ConnectionState {
     Disconnected,
     Stopping,
     Stopped,
+    /// Stopped heartbeating and pinging without disconnecting (reference §3.6).
+    Lost,
 }
 
 impl ConnectionState {
@@ -212,6 +214,7 @@ impl ConnectionState {
             ConnectionState::Disconnected => "disconnected",
             ConnectionState::Stopping => "stopping",
             ConnectionState::Stopped => "stopped",
+            ConnectionState::Lost => "lost",
         }
     }
 }
@@ -236,6 +239,7 @@ pub struct Agent {
     pub connected_at: Option<Time>,
     pub disconnected_at: Option<Time>,
     pub stopped_at: Option<Time>,
+    pub lost_at: Option<Time>,
     pub last_seen_at: Time,
     pub last_job_finished_at: Option<Time>,
     pub job_id: Option<Uuid>,

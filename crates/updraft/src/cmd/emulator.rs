@@ -80,6 +80,10 @@ pub struct Args {
     /// Heartbeat interval handed to agents, seconds.
     #[arg(long, default_value_t = 5)]
     heartbeat_interval: u64,
+    /// An agent with no heartbeat or ping for this many seconds becomes `lost`
+    /// (default: three times the longer of the ping and heartbeat intervals).
+    #[arg(long, value_name = "S")]
+    agent_lost_seconds: Option<f64>,
     /// Length of one `timeout_in_minutes` minute, seconds (shorten for tests).
     #[arg(long, default_value_t = 60.0)]
     minute_seconds: f64,
@@ -227,6 +231,11 @@ impl Args {
                 "heartbeat-interval",
                 format!("{}s", self.heartbeat_interval),
             ),
+            (
+                "agent-lost-seconds",
+                self.agent_lost_seconds
+                    .map_or("3 × the longer interval".to_string(), |s| s.to_string()),
+            ),
             ("minute-seconds", self.minute_seconds.to_string()),
             ("job-expiry-seconds", self.job_expiry_seconds.to_string()),
             ("reservation-seconds", self.reservation_seconds.to_string()),
@@ -267,7 +276,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("--pipeline {spec:?}: reading {path}: {e}"))?;
         pipelines.push((slug.to_string(), yaml));
     }
+    let lost_after = args
+        .agent_lost_seconds
+        .map(|value| seconds("agent-lost-seconds", value))
+        .transpose()?;
     let emulator = updraft_emulator::start(config).await?;
+    if let Some(after) = lost_after {
+        emulator.set_agent_lost_after(after);
+    }
     for (slug, yaml) in &pipelines {
         emulator
             .create_pipeline(slug, yaml)

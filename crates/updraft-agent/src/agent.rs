@@ -1,6 +1,8 @@
 //! The agent's life (reference §1.5): register, connect, heartbeat, then either acquire one
 //! named job (one-shot, `--acquire-job`) or ping for jobs and run them one at a time (pool
-//! mode) until told to disconnect, idle too long, or stopped; then disconnect.
+//! mode) until told to disconnect, idle too long, or stopped; then disconnect. After a
+//! one-shot job the agent pings until it learns it is not paused, so a paused agent stays
+//! until it is resumed or told to disconnect.
 
 use crate::driver::{DriveError, JobReport, StopReason, StopSwitch};
 use crate::runner::{run_local_job, RunnerConfig};
@@ -278,7 +280,61 @@ impl Registered {
         };
         tracing::info!(job_id, "acquired job");
         let report = self.run_job(&job, shutdown, heartbeat_failed).await?;
+        self.stay_while_paused(shutdown, heartbeat_failed).await;
         Ok(self.run_record(vec![report]))
+    }
+
+    /// After an acquired job (reference §1.5): ping until the answer is not `pause`. A
+    /// `disconnect`, a stop, a refused ping, or pings failing `PAUSE_CHECK_ATTEMPTS` times in
+    /// a row end the wait; the job is already finished, so none of them is an error.
+    async fn stay_while_paused(&self, shutdown: &Shutdown, heartbeat_failed: &CancellationToken) {
+        let mut failures = 0;
+        let mut wait = Duration::ZERO;
+        let mut announced = false;
+        loop {
+            if shutdown.graceful.is_cancelled() || heartbeat_failed.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.graceful.cancelled() => return,
+                () = heartbeat_failed.cancelled() => return,
+            }
+            wait = self.ping_interval + jitter(self.ping_interval);
+            let ping = match self.session.ping().await {
+                Ok(ping) => ping,
+                Err(error) if error.is_retryable() && failures + 1 < PAUSE_CHECK_ATTEMPTS => {
+                    failures += 1;
+                    tracing::warn!(%error, "ping failed; trying again to learn whether the agent is paused");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "could not learn whether the agent is paused; disconnecting");
+                    return;
+                }
+            };
+            failures = 0;
+            if let Some(message) = &ping.message {
+                tracing::info!(message, "message from the server");
+            }
+            match ping.action() {
+                PingAction::Pause => {
+                    if !announced {
+                        tracing::info!("the agent is paused; waiting to be resumed before disconnecting");
+                        announced = true;
+                    }
+                }
+                PingAction::Disconnect => {
+                    tracing::info!("the server asked the agent to disconnect");
+                    return;
+                }
+                PingAction::RunJob(job_id) => {
+                    tracing::warn!(job_id, "ignoring a job offered to an --acquire-job agent");
+                    return;
+                }
+                PingAction::Idle => return,
+            }
+        }
     }
 
     async fn pool(
@@ -374,6 +430,9 @@ impl Registered {
         AgentRun { agent_id: self.agent_id.clone(), jobs }
     }
 }
+
+/// Failed pings in a row after which a one-shot agent stops asking whether it is paused.
+const PAUSE_CHECK_ATTEMPTS: u32 = 5;
 
 /// A random wait in `0..=interval`, so many agents do not ping in step.
 fn jitter(interval: Duration) -> Duration {

@@ -13,12 +13,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use updraft_buildkite::agent_api::{FinishRequest, Job, JobClient};
 use updraft_buildkite::ApiError;
+use updraft_model::JobState;
 
 /// Why the command is being stopped before it ended on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The job was cancelled (or timed out) on Buildkite.
+    /// The job was cancelled on Buildkite (or its job token was refused).
     Cancel,
+    /// The job went past its timeout on Buildkite (`timing_out`/`timed_out`); hooks that run
+    /// afterwards see `BUILDKITE_JOB_TIMED_OUT=true`.
+    TimedOut,
     /// The agent itself is shutting down.
     AgentStop,
 }
@@ -27,17 +31,18 @@ impl StopReason {
     /// The `signal_reason` sent at finish.
     pub fn signal_reason(self) -> &'static str {
         match self {
-            StopReason::Cancel => "cancel",
+            StopReason::Cancel | StopReason::TimedOut => "cancel",
             StopReason::AgentStop => "agent_stop",
         }
     }
 }
 
 /// A shared "stop the command" switch: the driver (or the agent) pulls it, the command side
-/// watches it. Only the first reason counts.
+/// watches it. Only the first reason counts, and the instant it was pulled is kept so the
+/// grace period can be shared between the command and the `pre-exit` hook.
 #[derive(Debug, Clone)]
 pub struct StopSwitch {
-    sender: watch::Sender<Option<StopReason>>,
+    sender: watch::Sender<Option<(StopReason, Instant)>>,
 }
 
 impl Default for StopSwitch {
@@ -50,7 +55,7 @@ impl StopSwitch {
     pub fn request(&self, reason: StopReason) {
         self.sender.send_if_modified(|current| {
             if current.is_none() {
-                *current = Some(reason);
+                *current = Some((reason, Instant::now()));
                 true
             } else {
                 false
@@ -59,14 +64,19 @@ impl StopSwitch {
     }
 
     pub fn reason(&self) -> Option<StopReason> {
-        *self.sender.borrow()
+        self.sender.borrow().map(|(reason, _)| reason)
+    }
+
+    /// When the stop was requested, if it was.
+    pub fn requested_at(&self) -> Option<Instant> {
+        self.sender.borrow().map(|(_, at)| at)
     }
 
     /// Resolves once a stop is requested.
     pub async fn requested(&self) -> StopReason {
         let mut receiver = self.sender.subscribe();
         let reason = match receiver.wait_for(Option::is_some).await {
-            Ok(reason) => *reason,
+            Ok(requested) => requested.map(|(reason, _)| reason),
             // The sender lives in `self`, so the channel cannot close while we wait.
             Err(_) => None,
         };
@@ -106,12 +116,18 @@ pub struct DriveOptions {
     pub output_drain_timeout: Duration,
     /// Sent at finish with `--disconnect-after-job`.
     pub ignore_agent_in_dispatches: bool,
+    /// Output beyond this many bytes is read but not uploaded (the job's `log_max_size_bytes`).
+    pub log_max_bytes: u64,
 }
+
+/// `log_max_size_bytes` when the server sends 0 (reference §2.1).
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 impl DriveOptions {
     /// From the Job JSON and the registration's `job_status_interval`: chunks of at most
     /// `chunks_max_size_bytes` (and `MAX_CHUNK_BYTES`), flushed every
-    /// `chunks_interval_seconds` (0 means 1 s), state polled at least once a second.
+    /// `chunks_interval_seconds` (0 means 1 s), state polled at least once a second, output
+    /// capped at `log_max_size_bytes` (0 means 1 GiB).
     pub fn for_job(job: &Job, job_status_interval: Duration) -> Self {
         let server_max = usize::try_from(job.chunks_max_size_bytes).unwrap_or(usize::MAX);
         let chunk_max = if server_max == 0 { MAX_CHUNK_BYTES } else { server_max.min(MAX_CHUNK_BYTES) };
@@ -124,6 +140,7 @@ impl DriveOptions {
             upload_workers: 3,
             output_drain_timeout: Duration::from_secs(2),
             ignore_agent_in_dispatches: false,
+            log_max_bytes: if job.log_max_size_bytes == 0 { DEFAULT_LOG_MAX_BYTES } else { job.log_max_size_bytes },
         }
     }
 }
@@ -171,7 +188,7 @@ where
 {
     let job_id = client.job_id().to_string();
     client.start().await.map_err(|source| DriveError::Start { job_id: job_id.clone(), source })?;
-    let streamer = LogStreamer::new(client.clone(), options.chunk_max, options.upload_workers);
+    let streamer = LogStreamer::new(client.clone(), options.chunk_max, options.upload_workers, options.log_max_bytes);
     let (drain_deadline, drain_receiver) = watch::channel(None::<Instant>);
     let pump = pump_output(output, streamer, options.flush_interval, drain_receiver);
     let watcher = watch_for_cancellation(client, options.status_poll_interval, stop);
@@ -194,7 +211,7 @@ where
     };
     if let CommandOutcome::FailedToStart(why) | CommandOutcome::Refused(why) = &outcome {
         tracing::error!(job_id, "{why}");
-        streamer.write(format!("{why}\n").as_bytes()).await;
+        streamer.write_notice(&format!("{why}\n")).await;
     }
     let log = streamer.finish().await;
     let stop_reason = stop.reason();
@@ -288,6 +305,10 @@ async fn watch_for_cancellation(client: &JobClient, interval: Duration, stop: &S
             return std::future::pending().await;
         }
         match client.state().await {
+            Ok(Some(state)) if matches!(state, JobState::TimingOut | JobState::TimedOut) => {
+                tracing::info!(job_id = client.job_id(), %state, "job timed out on Buildkite; stopping the command");
+                stop.request(StopReason::TimedOut);
+            }
             Ok(Some(state)) if state.is_stopping() => {
                 tracing::info!(job_id = client.job_id(), %state, "job cancelled on Buildkite; stopping the command");
                 stop.request(StopReason::Cancel);
@@ -323,6 +344,10 @@ mod tests {
             fields(CommandOutcome::Signaled("SIGKILL".into()), Some(StopReason::AgentStop)).2.as_deref(),
             Some("agent_stop")
         );
+        assert_eq!(
+            fields(CommandOutcome::Signaled("SIGTERM".into()), Some(StopReason::TimedOut)).2.as_deref(),
+            Some("cancel")
+        );
         assert_eq!(fields(CommandOutcome::Refused("x".into()), None).2.as_deref(), Some("agent_refused"));
         assert_eq!(fields(CommandOutcome::FailedToStart("x".into()), None).2.as_deref(), Some("process_run_error"));
     }
@@ -338,5 +363,16 @@ mod tests {
         stop.request(StopReason::AgentStop);
         assert_eq!(waiter.await.unwrap(), StopReason::Cancel);
         assert_eq!(stop.reason(), Some(StopReason::Cancel));
+        let first = stop.requested_at().expect("the stop time is kept");
+        stop.request(StopReason::TimedOut);
+        assert_eq!(stop.requested_at(), Some(first));
+    }
+
+    #[test]
+    fn a_zero_log_limit_means_one_gibibyte() {
+        let job: Job = serde_json::from_str(r#"{"id":"j","log_max_size_bytes":0}"#).unwrap();
+        assert_eq!(DriveOptions::for_job(&job, Duration::ZERO).log_max_bytes, DEFAULT_LOG_MAX_BYTES);
+        let job: Job = serde_json::from_str(r#"{"id":"j","log_max_size_bytes":4096}"#).unwrap();
+        assert_eq!(DriveOptions::for_job(&job, Duration::ZERO).log_max_bytes, 4096);
     }
 }

@@ -1,12 +1,16 @@
 //! A Buildkite-compatible agent. `agent` runs the agent's life (register, one-shot acquire
-//! or pool mode, heartbeat, disconnect); `runner` runs one job locally (directory, env,
-//! hooks, checkout, command); `driver` is the part both the local runner and the `relay`
-//! executor share (start, log chunks, cancellation, finish); `log_streamer` cuts and uploads
-//! the log; `process` owns pipes, process groups and signals.
+//! or pool mode, heartbeat, disconnect); `runner` runs one job locally (directory, env)
+//! through `phases` (the `hooks`, the git `checkout`, the command); `driver` is the part
+//! both the local runner and the `relay` executor share (start, log chunks, cancellation,
+//! finish); `log_streamer` cuts and uploads the log; `process` owns pipes, process groups
+//! and signals.
 
 pub mod agent;
+mod checkout;
 pub mod driver;
+mod hooks;
 pub mod log_streamer;
+mod phases;
 pub mod process;
 pub mod relay;
 pub mod runner;

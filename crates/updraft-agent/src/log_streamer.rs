@@ -2,7 +2,9 @@
 //! `chunk_max` uncompressed bytes each, numbered from sequence 1 with their byte offset,
 //! gzipped and uploaded by a few concurrent workers, each chunk retried on its own. The queue
 //! between the writer and the workers is bounded, so a command that writes faster than the
-//! server accepts is slowed down instead of filling memory.
+//! server accepts is slowed down instead of filling memory. Output past the job's
+//! `log_max_size_bytes` is accepted and dropped (so the command is never blocked on its
+//! output), and one line in the log says where it was cut.
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
@@ -21,6 +23,8 @@ pub struct LogStats {
     pub chunks: u64,
     /// Chunks given up on after their retries (reported at finish as `chunks_failed_count`).
     pub chunks_failed: u64,
+    /// Output bytes dropped because the log reached its size limit.
+    pub bytes_dropped: u64,
 }
 
 struct PendingChunk {
@@ -36,11 +40,18 @@ pub struct LogStreamer {
     next_sequence: u64,
     queue: mpsc::Sender<PendingChunk>,
     workers: Vec<JoinHandle<u64>>,
+    /// Output bytes kept at most; the truncation notice comes on top.
+    max_output: u64,
+    output_kept: u64,
+    bytes_dropped: u64,
+    /// Whether the last flushed chunk ended a line, so the notice starts on a line of its own.
+    last_flushed_newline: bool,
 }
 
 impl LogStreamer {
-    /// `chunk_max` must be > 0 (the server's `chunks_max_size_bytes`, possibly lowered).
-    pub fn new(client: JobClient, chunk_max: usize, workers: usize) -> Self {
+    /// `chunk_max` must be > 0 (the server's `chunks_max_size_bytes`, possibly lowered);
+    /// output past `max_output` bytes is dropped.
+    pub fn new(client: JobClient, chunk_max: usize, workers: usize, max_output: u64) -> Self {
         let workers = workers.max(1);
         let (queue, receiver) = mpsc::channel::<PendingChunk>(workers);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -52,11 +63,50 @@ impl LogStreamer {
             next_sequence: 1,
             queue,
             workers,
+            max_output,
+            output_kept: 0,
+            bytes_dropped: 0,
+            last_flushed_newline: true,
         }
     }
 
-    /// Append output; every full chunk is queued (waiting for room in the queue).
-    pub async fn write(&mut self, mut data: &[u8]) {
+    /// Append the command's output up to the size limit; the first time the limit cuts it,
+    /// a notice saying so is appended instead and everything after it is dropped.
+    pub async fn write(&mut self, data: &[u8]) {
+        if self.bytes_dropped > 0 {
+            self.bytes_dropped += data.len() as u64;
+            return;
+        }
+        let room = self.max_output - self.output_kept;
+        let keep = usize::try_from(room).unwrap_or(usize::MAX).min(data.len());
+        self.append(&data[..keep]).await;
+        self.output_kept += keep as u64;
+        if keep < data.len() {
+            self.bytes_dropped = (data.len() - keep) as u64;
+            tracing::warn!(limit = self.max_output, "the job's output reached the log size limit; dropping the rest");
+            let newline = if self.last_byte_is_newline() { "" } else { "\n" };
+            let notice = format!(
+                "{newline}updraft agent: the output was truncated at {} bytes (the job's log_max_size_bytes); the rest was not uploaded\n",
+                self.max_output
+            );
+            self.append(notice.as_bytes()).await;
+        }
+    }
+
+    /// Append a message from the agent itself, which the size limit does not cut.
+    pub async fn write_notice(&mut self, text: &str) {
+        self.append(text.as_bytes()).await;
+    }
+
+    fn last_byte_is_newline(&self) -> bool {
+        match self.buffer.last() {
+            Some(byte) => *byte == b'\n',
+            None => self.last_flushed_newline,
+        }
+    }
+
+    /// Every full chunk is queued (waiting for room in the queue).
+    async fn append(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let room = self.chunk_max - self.buffer.len();
             let take = room.min(data.len());
@@ -73,6 +123,7 @@ impl LogStreamer {
         if self.buffer.is_empty() {
             return;
         }
+        self.last_flushed_newline = self.buffer.last() == Some(&b'\n');
         let data = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(self.chunk_max.min(64 * 1024))));
         let chunk = PendingChunk { sequence: self.next_sequence, offset: self.next_offset, data };
         self.next_sequence += 1;
@@ -99,7 +150,7 @@ impl LogStreamer {
                 0
             });
         }
-        LogStats { bytes, chunks, chunks_failed }
+        LogStats { bytes, chunks, chunks_failed, bytes_dropped: self.bytes_dropped }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Local processes for a job: one OS pipe that every step's stdout and stderr share (so the
 //! log keeps the order the bytes were produced in), each step in its own process group, and
-//! the stop sequence — SIGTERM to the group, SIGKILL after the grace period.
+//! the stop sequence — SIGTERM to the group, SIGKILL after the grace period (or SIGKILL at a
+//! deadline, for a `pre-exit` hook running on what is left of the grace period).
 
 use crate::driver::{CommandOutcome, StopSwitch};
 use nix::sys::signal::{killpg, Signal};
@@ -12,6 +13,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::process::Command;
+use tokio::time::Instant;
 
 /// The job's output pipe: the read end for the driver, the write end shared by every step
 /// and by the agent's own messages. EOF comes when the last write end closes.
@@ -39,15 +41,20 @@ impl OutputWriter {
     }
 }
 
-/// Run `command` to completion with its output in the job log, in a new process group.
-/// When `stop` is pulled: SIGTERM to the group, then SIGKILL after `grace`. Whatever is left
-/// of the group afterwards is killed, so nothing the step started outlives it.
-pub async fn run_step(
-    mut command: Command,
-    output: &OutputWriter,
-    stop: &StopSwitch,
-    grace: Duration,
-) -> CommandOutcome {
+/// How a step may be ended before it exits on its own.
+#[derive(Debug, Clone, Copy)]
+pub enum StepLimit<'a> {
+    /// SIGTERM to the group when `stop` is pulled, SIGKILL `grace` later.
+    Stoppable { stop: &'a StopSwitch, grace: Duration },
+    /// SIGKILL to the group at this instant: for the `pre-exit` hook of a stopped job, which
+    /// may only use what is left of the grace period.
+    Until(Instant),
+}
+
+/// Run `command` to completion with its output in the job log, in a new process group,
+/// ended early as `limit` says. Whatever is left of the group afterwards is killed, so
+/// nothing the step started outlives it.
+pub async fn run_step(mut command: Command, output: &OutputWriter, limit: StepLimit<'_>) -> CommandOutcome {
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let (stdout, stderr) = match output.stdio() {
         Ok(pair) => pair,
@@ -66,19 +73,29 @@ pub async fn run_step(
         return CommandOutcome::FailedToStart(format!("{program} exited before it could be watched"));
     };
     let group = Pid::from_raw(pid as i32);
-    let status = tokio::select! {
-        status = child.wait() => status,
-        _ = stop.requested() => {
-            signal_group(group, Signal::SIGTERM);
-            match tokio::time::timeout(grace, child.wait()).await {
-                Ok(status) => status,
-                Err(_) => {
-                    tracing::info!(%program, grace_secs = grace.as_secs_f64(), "still running after the grace period; sending SIGKILL");
-                    signal_group(group, Signal::SIGKILL);
-                    child.wait().await
+    let status = match limit {
+        StepLimit::Stoppable { stop, grace } => tokio::select! {
+            status = child.wait() => status,
+            _ = stop.requested() => {
+                signal_group(group, Signal::SIGTERM);
+                match tokio::time::timeout(grace, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        tracing::info!(%program, grace_secs = grace.as_secs_f64(), "still running after the grace period; sending SIGKILL");
+                        signal_group(group, Signal::SIGKILL);
+                        child.wait().await
+                    }
                 }
             }
-        }
+        },
+        StepLimit::Until(deadline) => match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                tracing::info!(%program, "the grace period ran out; sending SIGKILL");
+                signal_group(group, Signal::SIGKILL);
+                child.wait().await
+            }
+        },
     };
     signal_group(group, Signal::SIGKILL);
     match status {

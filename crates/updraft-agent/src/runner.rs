@@ -1,17 +1,15 @@
-//! Runs one job on this machine: a fresh directory under the build path, the job's
-//! environment plus the `BUILDKITE_*` variables an agent sets, the `environment` hook, a git
-//! checkout of `BUILDKITE_REPO`, the command through the shell, the `pre-exit` hook. Steps
-//! that ask for plugins are refused with a message naming them. Everything the steps print
-//! goes to the job log through `driver::drive`.
+//! Runs one job on this machine: the job's environment plus the `BUILDKITE_*` variables an
+//! agent sets, its phases (`phases`: hooks, checkout, command) in a fresh directory under the
+//! build path, and everything they print into the job log through `driver::drive`.
 
 #[cfg(test)]
 use crate::driver::MAX_CHUNK_BYTES;
 use crate::driver::{drive, CommandOutcome, DriveError, DriveOptions, JobReport, StopSwitch};
-use crate::process::{output_pipe, run_step, OutputWriter};
+use crate::phases::run_phases;
+use crate::process::output_pipe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::process::Command;
 use updraft_buildkite::agent_api::{Job, JobClient};
 use updraft_model::Secret;
 
@@ -97,7 +95,7 @@ pub async fn run_local_job(
                 .await;
         }
     };
-    let steps = run_steps(job, env, job_dir.clone(), config, writer, stop);
+    let steps = run_phases(job, env, job_dir.clone(), config, writer, stop);
     let report = drive(client, &options, reader, steps, stop).await;
     if config.remove_build_dir {
         if let Err(error) = tokio::fs::remove_dir_all(&job_dir).await {
@@ -167,187 +165,6 @@ fn env_name(raw: &str) -> String {
     raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
 }
 
-fn is_true(env: &BTreeMap<String, String>, key: &str) -> bool {
-    env.get(key).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
-}
-
-/// The steps, in order, stopping at the first that fails or at a stop request.
-async fn run_steps(
-    job: &Job,
-    mut env: BTreeMap<String, String>,
-    job_dir: PathBuf,
-    config: &RunnerConfig,
-    mut output: OutputWriter,
-    stop: &StopSwitch,
-) -> CommandOutcome {
-    let plugins = job.plugin_names();
-    if !plugins.is_empty() {
-        return CommandOutcome::Refused(format!(
-            "updraft agent does not run plugins, and this step uses {}; run it on a buildkite-agent or remove the plugin",
-            plugins.join(", ")
-        ));
-    }
-    let Some(command) = job.command() else {
-        return CommandOutcome::FailedToStart(format!("job {} has no command (BUILDKITE_COMMAND is empty)", job.id));
-    };
-    if let Err(error) = prepare_dir(&job_dir).await {
-        return CommandOutcome::FailedToStart(format!(
-            "could not create the job directory {}: {error}",
-            job_dir.display()
-        ));
-    }
-    let grace = config.cancel_grace_period;
-    let mut announced = false;
-
-    if let Some(hook) = hook_file(config, "environment") {
-        output.line("~~~ Running the environment hook");
-        announced = true;
-        let env_file = job_dir.with_extension("env");
-        let mut step = Command::new(&config.shell[0]);
-        step.arg("-c")
-            .arg(r#"set -e; . "$1"; env -0 > "$2""#)
-            .arg("environment-hook")
-            .arg(&hook)
-            .arg(&env_file)
-            .current_dir(&config.build_path)
-            .env_clear()
-            .envs(&env);
-        let outcome = run_step(step, &output, stop, grace).await;
-        let captured = tokio::fs::read(&env_file).await;
-        let _ = tokio::fs::remove_file(&env_file).await;
-        if outcome != CommandOutcome::Exited(0) || stop.reason().is_some() {
-            return outcome;
-        }
-        match captured {
-            Ok(bytes) => env = parse_env0(&bytes),
-            Err(error) => {
-                return CommandOutcome::FailedToStart(format!(
-                    "the environment hook's variables could not be read: {error}"
-                ))
-            }
-        }
-    }
-
-    let repo = env.get("BUILDKITE_REPO").cloned().unwrap_or_default();
-    if !repo.trim().is_empty() && !is_true(&env, "BUILDKITE_SKIP_CHECKOUT") {
-        output.line("~~~ Preparing working directory");
-        announced = true;
-        let outcome = checkout(&repo, &env, &job_dir, &mut output, stop, grace).await;
-        if outcome != CommandOutcome::Exited(0) || stop.reason().is_some() {
-            return outcome;
-        }
-    }
-
-    if announced {
-        output.line("~~~ Running commands");
-        output.line(&format!("$ {command}"));
-    }
-    let mut step = Command::new(&config.shell[0]);
-    step.args(&config.shell[1..]).arg(&command).current_dir(&job_dir).env_clear().envs(&env);
-    let outcome = run_step(step, &output, stop, grace).await;
-    if stop.reason().is_some() {
-        return outcome;
-    }
-
-    match hook_file(config, "pre-exit") {
-        Some(hook) => {
-            output.line("~~~ Running the pre-exit hook");
-            let mut step = Command::new(&config.shell[0]);
-            step.arg(&hook)
-                .current_dir(&job_dir)
-                .env_clear()
-                .envs(&env)
-                .env("BUILDKITE_COMMAND_EXIT_STATUS", exit_text(&outcome));
-            let hook_outcome = run_step(step, &output, stop, grace).await;
-            // A failing pre-exit hook fails a job that had passed.
-            if outcome == CommandOutcome::Exited(0) {
-                hook_outcome
-            } else {
-                outcome
-            }
-        }
-        None => outcome,
-    }
-}
-
-fn exit_text(outcome: &CommandOutcome) -> String {
-    match outcome {
-        CommandOutcome::Exited(code) => code.to_string(),
-        _ => "-1".into(),
-    }
-}
-
-fn hook_file(config: &RunnerConfig, name: &str) -> Option<PathBuf> {
-    let path = config.hooks_path.as_ref()?.join(name);
-    path.is_file().then_some(path)
-}
-
-/// A fresh, empty directory.
-async fn prepare_dir(dir: &Path) -> std::io::Result<()> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
-    }
-    tokio::fs::create_dir_all(dir).await
-}
-
-/// `env -0` output: `NAME=value` records separated by NUL. Shell bookkeeping is dropped.
-fn parse_env0(bytes: &[u8]) -> BTreeMap<String, String> {
-    bytes
-        .split(|b| *b == 0)
-        .filter_map(|record| {
-            let text = String::from_utf8_lossy(record);
-            let (name, value) = text.split_once('=')?;
-            (!name.is_empty() && !matches!(name, "_" | "SHLVL" | "PWD" | "OLDPWD"))
-                .then(|| (name.to_string(), value.to_string()))
-        })
-        .collect()
-}
-
-/// Clone the repository into the job directory and check out the commit (or the branch
-/// when the commit is `HEAD` or empty).
-async fn checkout(
-    repo: &str,
-    env: &BTreeMap<String, String>,
-    job_dir: &Path,
-    output: &mut OutputWriter,
-    stop: &StopSwitch,
-    grace: Duration,
-) -> CommandOutcome {
-    let commit = env.get("BUILDKITE_COMMIT").map(|c| c.trim()).unwrap_or_default();
-    let branch = env.get("BUILDKITE_BRANCH").map(|b| b.trim()).unwrap_or_default();
-    let mut steps: Vec<Vec<String>> = vec![vec!["clone".into(), "-v".into(), "--".into(), repo.into(), ".".into()]];
-    if !commit.is_empty() && commit != "HEAD" {
-        steps.push(vec!["checkout".into(), "-f".into(), commit.into()]);
-    } else if !branch.is_empty() {
-        steps.push(vec!["fetch".into(), "-v".into(), "--".into(), "origin".into(), branch.into()]);
-        steps.push(vec!["checkout".into(), "-f".into(), "FETCH_HEAD".into()]);
-    }
-    for args in steps {
-        let shown: Vec<String> = args.iter().map(|a| if a == repo { redact_userinfo(a) } else { a.clone() }).collect();
-        output.line(&format!("$ git {}", shown.join(" ")));
-        let mut step = Command::new("git");
-        step.args(&args).current_dir(job_dir).env_clear().envs(env).env("GIT_TERMINAL_PROMPT", "0");
-        let outcome = run_step(step, output, stop, grace).await;
-        if outcome != CommandOutcome::Exited(0) {
-            return outcome;
-        }
-    }
-    CommandOutcome::Exited(0)
-}
-
-/// `https://user:pass@host/x` → `https://[redacted]@host/x`, so a credential in a repository
-/// URL does not end up in the log.
-fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://[redacted]{}", &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,20 +207,6 @@ mod tests {
         assert_eq!(options.status_poll_interval, Duration::from_secs(1));
         let small = job(r#"{"id":"j","chunks_max_size_bytes":1024}"#);
         assert_eq!(drive_options(&small, Duration::ZERO, &config).chunk_max, 1024);
-    }
-
-    #[test]
-    fn env0_parsing_keeps_values_with_equals_and_newlines() {
-        let env = parse_env0(b"A=1\0B=x=y\nz\0_=/bin/env\0SHLVL=1\0");
-        assert_eq!(env.len(), 2);
-        assert_eq!(env["B"], "x=y\nz");
-    }
-
-    #[test]
-    fn repository_credentials_are_redacted() {
-        assert_eq!(redact_userinfo("https://u:p@github.com/a/b.git"), "https://[redacted]@github.com/a/b.git");
-        assert_eq!(redact_userinfo("/srv/repo.git"), "/srv/repo.git");
-        assert_eq!(redact_userinfo("https://github.com/a@b"), "https://github.com/a@b");
     }
 
     #[test]

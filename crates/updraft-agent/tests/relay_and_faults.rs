@@ -3,44 +3,18 @@
 
 mod common;
 
-use common::{build, emulator, eventually, one_shot, pipeline};
+use common::{acquire, build, emulator, eventually, one_shot, pipeline};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use updraft_agent::{run_agent, CommandOutcome, RelayExecutor, Shutdown, StopReason};
-use updraft_buildkite::agent_api::{register, AgentRetries, RegisterRequest};
-use updraft_buildkite::ClientOptions;
-use updraft_emulator::{ApiFaults, EmulatorHandle, JobState};
-
-async fn acquire_for_relay(
-    emulator: &EmulatorHandle,
-    job: uuid::Uuid,
-) -> (updraft_buildkite::agent_api::JobClient, updraft_buildkite::agent_api::Job) {
-    let request = RegisterRequest {
-        name: "relay".into(),
-        ignore_in_dispatches: true,
-        meta_data: vec!["queue=default".into()],
-        ..RegisterRequest::default()
-    };
-    let (_, session) = register(
-        &emulator.agent_endpoint(),
-        &emulator.agent_token(),
-        &request,
-        ClientOptions::default(),
-        AgentRetries::fast(),
-    )
-    .await
-    .unwrap();
-    session.connect().await.unwrap();
-    let acquired = session.acquire(&job.to_string()).await.unwrap();
-    (session.job_client(&acquired).unwrap(), acquired)
-}
+use updraft_emulator::{ApiFaults, JobState};
 
 #[tokio::test]
 async fn relayed_output_and_exit_status_reach_the_job() {
     let emulator = emulator().await;
     pipeline(&emulator, "relay", &["run elsewhere"]);
     let job = build(&emulator, "relay")[0];
-    let (client, acquired) = acquire_for_relay(&emulator, job).await;
+    let (client, acquired) = acquire(&emulator, job).await;
     let executor = RelayExecutor::new(client, &acquired, Duration::from_secs(1), Duration::from_secs(1));
     let (mut sandbox, output) = tokio::io::duplex(8 * 1024);
     let expected: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
@@ -61,7 +35,7 @@ async fn a_relayed_command_is_told_to_stop_when_the_job_is_cancelled() {
     let emulator = emulator().await;
     pipeline(&emulator, "relay-cancel", &["run elsewhere"]);
     let job = build(&emulator, "relay-cancel")[0];
-    let (client, acquired) = acquire_for_relay(&emulator, job).await;
+    let (client, acquired) = acquire(&emulator, job).await;
     let executor = RelayExecutor::new(client, &acquired, Duration::from_secs(1), Duration::from_secs(5));
     let stop = executor.stop_switch();
     let (sandbox, output) = tokio::io::duplex(1024);
@@ -84,7 +58,7 @@ async fn a_relayed_command_that_ignores_the_stop_is_finished_after_the_grace_per
     let emulator = emulator().await;
     pipeline(&emulator, "relay-stuck", &["run elsewhere"]);
     let job = build(&emulator, "relay-stuck")[0];
-    let (client, acquired) = acquire_for_relay(&emulator, job).await;
+    let (client, acquired) = acquire(&emulator, job).await;
     let executor = RelayExecutor::new(client, &acquired, Duration::from_secs(1), Duration::from_millis(200));
     let (_sandbox, output) = tokio::io::duplex(1024);
     let run = tokio::spawn(executor.run(output, std::future::pending::<CommandOutcome>()));

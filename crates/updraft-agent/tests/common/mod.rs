@@ -1,5 +1,6 @@
 //! Helpers for the agent's tests against the in-process emulator: start one, add a pipeline,
-//! and an agent config with fast retries and a temporary build path.
+//! an agent config with fast retries and a temporary build path, and a job acquired by hand
+//! for tests that drive the runner or relay executor directly.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -7,7 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 use updraft_agent::AgentConfig;
-use updraft_buildkite::agent_api::AgentRetries;
+use updraft_buildkite::agent_api::{register, AgentRetries, Job, JobClient, RegisterRequest};
+use updraft_buildkite::ClientOptions;
 use updraft_emulator::{EmulatorConfig, EmulatorHandle};
 use uuid::Uuid;
 
@@ -53,4 +55,26 @@ pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     check()
+}
+
+/// Register an agent, connect, acquire `job` and return its job client and Job JSON.
+pub async fn acquire(emulator: &EmulatorHandle, job: Uuid) -> (JobClient, Job) {
+    let request = RegisterRequest {
+        name: "by-hand".into(),
+        ignore_in_dispatches: true,
+        meta_data: vec!["queue=default".into()],
+        ..RegisterRequest::default()
+    };
+    let (_, session) = register(
+        &emulator.agent_endpoint(),
+        &emulator.agent_token(),
+        &request,
+        ClientOptions::default(),
+        AgentRetries::fast(),
+    )
+    .await
+    .unwrap();
+    session.connect().await.unwrap();
+    let acquired = session.acquire(&job.to_string()).await.unwrap();
+    (session.job_client(&acquired).unwrap(), acquired)
 }

@@ -54,10 +54,12 @@ struct StartArgs {
     /// Jobs run in a fresh directory under this path.
     #[arg(long, env = "BUILDKITE_BUILD_PATH")]
     build_path: Option<PathBuf>,
-    /// Directory holding the `environment` and `pre-exit` hooks.
+    /// Directory of agent hooks: environment, pre-checkout, checkout, post-checkout,
+    /// pre-command, command, post-command and pre-exit (sourced, in that order).
     #[arg(long, env = "BUILDKITE_HOOKS_PATH")]
     hooks_path: Option<PathBuf>,
-    /// Seconds between SIGTERM and SIGKILL when a job is cancelled.
+    /// Seconds between SIGTERM and SIGKILL when a job is cancelled; the pre-exit hook then
+    /// runs in what is left of them.
     #[arg(long, env = "BUILDKITE_CANCEL_GRACE_PERIOD", default_value_t = 10)]
     cancel_grace_period: u64,
     /// The shell and flags the command is run with.

@@ -14,6 +14,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::io::Read;
 use uuid::Uuid;
 
@@ -376,23 +377,42 @@ fn valid_item(path: &str, item: &MetaItem) -> ApiResult<()> {
     Ok(())
 }
 
+/// The build whose meta-data a `data/{action}` call may write: writes go through a job
+/// (its token), never straight to a build.
+fn writable_meta_data_build(
+    app: &SharedApp,
+    headers: &HeaderMap,
+    scope: &str,
+    id: &str,
+    action: &str,
+) -> ApiResult<Uuid> {
+    if scope != "jobs" {
+        return Err(ApiError::not_found(format!(
+            "meta-data can only be set through jobs/{{id}}/data/{action}"
+        )));
+    }
+    meta_data_build(app, headers, scope, id)
+}
+
+/// Store already validated items in the build's meta-data, later keys replacing earlier ones.
+fn store_meta_data(app: &SharedApp, build: Uuid, items: Vec<MetaItem>) -> ApiResult<Json<Value>> {
+    app.store.with(|s| {
+        s.meta_data(build)
+            .map(|m| m.extend(items.into_iter().map(|i| (i.key, i.value))))
+    })?;
+    Ok(Json(json!({})))
+}
+
 async fn meta_data_set(
     State(app): State<SharedApp>,
     Path((scope, id)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    if scope != "jobs" {
-        return Err(ApiError::not_found(
-            "meta-data can only be set through jobs/{id}/data/set",
-        ));
-    }
-    let build = meta_data_build(&app, &headers, &scope, &id)?;
+    let build = writable_meta_data_build(&app, &headers, &scope, &id, "set")?;
     let item: MetaItem = parse_json("meta-data set", &body)?;
     valid_item("meta-data", &item)?;
-    app.store
-        .with(|s| s.meta_data(build).map(|m| m.insert(item.key, item.value)))?;
-    Ok(Json(json!({})))
+    store_meta_data(&app, build, vec![item])
 }
 
 #[derive(Deserialize)]
@@ -406,26 +426,35 @@ async fn meta_data_set_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    if scope != "jobs" {
-        return Err(ApiError::not_found(
-            "meta-data can only be set through jobs/{id}/data/set-batch",
-        ));
-    }
-    let build = meta_data_build(&app, &headers, &scope, &id)?;
+    let build = writable_meta_data_build(&app, &headers, &scope, &id, "set-batch")?;
     let batch: MetaBatch = parse_json("meta-data set-batch", &body)?;
     for (i, item) in batch.items.iter().enumerate() {
         valid_item(&format!("items[{i}]"), item)?;
     }
-    app.store.with(|s| {
-        s.meta_data(build)
-            .map(|m| m.extend(batch.items.into_iter().map(|i| (i.key, i.value))))
-    })?;
-    Ok(Json(json!({})))
+    store_meta_data(&app, build, batch.items)
 }
 
 #[derive(Deserialize)]
 struct MetaKey {
     key: String,
+}
+
+/// Answer a `{"key"}` question about the build's meta-data with `lookup`; returns the key
+/// asked for and the answer. `what` names the call in errors.
+fn look_up_meta_data<T>(
+    app: &SharedApp,
+    headers: &HeaderMap,
+    (scope, id): (&str, &str),
+    what: &str,
+    body: &[u8],
+    lookup: impl FnOnce(&BTreeMap<String, String>, &str) -> T,
+) -> ApiResult<(String, T)> {
+    let build = meta_data_build(app, headers, scope, id)?;
+    let request: MetaKey = parse_json(what, body)?;
+    let answer = app
+        .store
+        .with(|s| s.meta_data(build).map(|m| lookup(m, &request.key)))?;
+    Ok((request.key, answer))
 }
 
 async fn meta_data_get(
@@ -434,15 +463,17 @@ async fn meta_data_get(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let build = meta_data_build(&app, &headers, &scope, &id)?;
-    let request: MetaKey = parse_json("meta-data get", &body)?;
-    let value = app
-        .store
-        .with(|s| s.meta_data(build).map(|m| m.get(&request.key).cloned()))?;
-    let value = value.ok_or_else(|| {
-        ApiError::not_found(format!("No meta-data value for key {:?}", request.key))
-    })?;
-    Ok(Json(json!({"key": request.key, "value": value})))
+    let (key, value) = look_up_meta_data(
+        &app,
+        &headers,
+        (&scope, &id),
+        "meta-data get",
+        &body,
+        |m, key| m.get(key).cloned(),
+    )?;
+    let value =
+        value.ok_or_else(|| ApiError::not_found(format!("No meta-data value for key {key:?}")))?;
+    Ok(Json(json!({"key": key, "value": value})))
 }
 
 async fn meta_data_exists(
@@ -451,11 +482,14 @@ async fn meta_data_exists(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let build = meta_data_build(&app, &headers, &scope, &id)?;
-    let request: MetaKey = parse_json("meta-data exists", &body)?;
-    let exists = app
-        .store
-        .with(|s| s.meta_data(build).map(|m| m.contains_key(&request.key)))?;
+    let (_, exists) = look_up_meta_data(
+        &app,
+        &headers,
+        (&scope, &id),
+        "meta-data exists",
+        &body,
+        |m, key| m.contains_key(key),
+    )?;
     Ok(Json(json!({"exists": exists})))
 }
 

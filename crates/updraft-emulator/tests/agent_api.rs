@@ -12,13 +12,11 @@ const ONE_STEP: &str = "steps:\n  - command: echo hello\n    key: hello\n";
 #[tokio::test]
 async fn register_returns_session_token_and_positive_intervals() {
     let h = start().await;
-    let response = h
-        .v3(Method::POST, "/register", &h.agent_token())
+    let body = h
+        .with_agent_token(Method::POST, "/register")
         .json(&json!({"name": "a-%spawn", "meta_data": ["queue=default", "docker=true"]}))
-        .send()
-        .await
-        .unwrap();
-    let body = expect_json(response, StatusCode::OK).await;
+        .expect_json(StatusCode::OK)
+        .await;
     assert!(body["access_token"].as_str().unwrap().starts_with("bkaa_"));
     assert!(body["ping_interval"].as_u64().unwrap() > 0);
     assert!(body["heartbeat_interval"].as_u64().unwrap() > 0);
@@ -31,35 +29,24 @@ async fn register_returns_session_token_and_positive_intervals() {
 #[tokio::test]
 async fn register_rejects_bad_tokens_and_bad_input() {
     let h = start().await;
-    let response = h
-        .v3(Method::POST, "/register", "bkct_wrong")
+    h.v3(Method::POST, "/register", "bkct_wrong")
         .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h
-        .http
+        .expect_error(StatusCode::UNAUTHORIZED)
+        .await;
+    h.http
         .post(format!("{}/register", h.emulator.agent_endpoint()))
         .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h
-        .v3(Method::POST, "/register", &h.agent_token())
+        .expect_error(StatusCode::UNAUTHORIZED)
+        .await;
+    h.with_agent_token(Method::POST, "/register")
         .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h
-        .v3(Method::POST, "/register", &h.agent_token())
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    let message = h
+        .with_agent_token(Method::POST, "/register")
         .json(&json!({"meta_data": ["queue"]}))
-        .send()
-        .await
-        .unwrap();
-    let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
     assert!(message.contains("meta_data[0]"), "{message}");
 }
 
@@ -72,15 +59,13 @@ async fn session_token_is_needed_for_agent_calls() {
         (Method::POST, "/connect"),
         (Method::POST, "/disconnect"),
     ] {
-        let response = h
-            .v3(method.clone(), path, "bkaa_nope")
-            .send()
-            .await
-            .unwrap();
-        expect_error(response, StatusCode::UNAUTHORIZED).await;
+        h.v3(method.clone(), path, "bkaa_nope")
+            .expect_error(StatusCode::UNAUTHORIZED)
+            .await;
         // The agent token is not a session token.
-        let response = h.v3(method, path, &h.agent_token()).send().await.unwrap();
-        expect_error(response, StatusCode::UNAUTHORIZED).await;
+        h.v3(method, path, &h.agent_token())
+            .expect_error(StatusCode::UNAUTHORIZED)
+            .await;
     }
 }
 
@@ -88,13 +73,11 @@ async fn session_token_is_needed_for_agent_calls() {
 async fn heartbeat_echoes_sent_at_and_adds_received_at() {
     let h = start().await;
     let agent = h.register(&[]).await;
-    let response = h
+    let body = h
         .v3(Method::POST, "/heartbeat", &agent.session)
         .json(&json!({"sent_at": "2026-01-01T00:00:00.000000001Z"}))
-        .send()
-        .await
-        .unwrap();
-    let body = expect_json(response, StatusCode::OK).await;
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(body["sent_at"], "2026-01-01T00:00:00.000000001Z");
     assert!(body["received_at"].as_str().is_some());
 }
@@ -102,32 +85,12 @@ async fn heartbeat_echoes_sent_at_and_adds_received_at() {
 #[tokio::test]
 async fn ping_accept_start_chunks_finish_happy_path() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let build = h.create_build("p").await;
+    let build = h.first_build("p", ONE_STEP).await;
     let job_id = script_jobs(&build)[0].clone();
     let agent = h.register(&["queue=default"]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &agent.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(ping["job"]["id"], job_id.as_str());
-    assert_eq!(h.job_state(&job_id).await, "assigned");
-    let job = expect_json(
-        h.v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/accept"),
-            &agent.session,
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    h.assert_dispatched(&agent, &job_id).await;
+    h.assert_job_state(&job_id, "assigned").await;
+    let job = h.accept(&agent, &job_id).expect_json(StatusCode::OK).await;
     assert!(job["token"].as_str().unwrap().starts_with("bkaj_"));
     assert!(job["chunks_max_size_bytes"].as_u64().unwrap() > 0);
     for var in [
@@ -165,21 +128,13 @@ async fn ping_accept_start_chunks_finish_happy_path() {
         h.upload_chunk(&job, 1, 0, b"hello ").await.status(),
         StatusCode::CREATED
     );
-    let state = expect_json(
-        h.v3(
-            Method::GET,
-            &format!("/jobs/{job_id}"),
-            job["token"].as_str().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let state = h
+        .job_call(Method::GET, &job, "")
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(state["state"], "running");
     assert_eq!(h.finish(&job, "0").await.status(), StatusCode::OK);
-    assert_eq!(h.job_state(&job_id).await, "passed");
+    h.assert_job_state(&job_id, "passed").await;
     let log = h.emulator.job_log(job_id.parse().unwrap()).unwrap();
     assert_eq!(log, b"hello world\n");
     let timeline = h.timeline(&job_id).await;
@@ -215,69 +170,37 @@ async fn ping_only_hands_out_matching_jobs() {
     .await;
     h.create_build("p").await;
     let wrong = h.register(&["queue=linux"]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &wrong.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let ping = h.ping(&wrong).await;
     assert!(ping.get("job").is_none(), "{ping}");
     let acquire_mode = h
         .register_with(&h.agent_token(), &["queue=linux", "docker=true"], true)
         .await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &acquire_mode.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let ping = h.ping(&acquire_mode).await;
     assert!(
         ping.get("job").is_none(),
         "agents in acquire mode are never dispatched: {ping}"
     );
     let right = h.register(&["queue=linux", "docker=true"]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &right.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let ping = h.ping(&right).await;
     assert!(ping["job"]["id"].as_str().is_some(), "{ping}");
 }
 
 #[tokio::test]
 async fn accept_in_wrong_state_is_422_and_unknown_job_404() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let build = h.create_build("p").await;
+    let build = h.first_build("p", ONE_STEP).await;
     let job_id = script_jobs(&build)[0].clone();
     let agent = h.register(&[]).await;
-    let response = h
-        .v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/accept"),
-            &agent.session,
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h
-        .v3(
-            Method::PUT,
-            "/jobs/00000000-0000-0000-0000-000000000000/accept",
-            &agent.session,
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::NOT_FOUND).await;
+    h.accept(&agent, &job_id)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    h.v3(
+        Method::PUT,
+        "/jobs/00000000-0000-0000-0000-000000000000/accept",
+        &agent.session,
+    )
+    .expect_error(StatusCode::NOT_FOUND)
+    .await;
     let timeline = h.timeline(&job_id).await;
     assert_eq!(timeline["attempts"][0]["status"], 422);
     assert_eq!(timeline["accepts"], 1);
@@ -286,22 +209,18 @@ async fn accept_in_wrong_state_is_422_and_unknown_job_404() {
 #[tokio::test]
 async fn acquire_needs_lock_header_and_answers_422_once_taken() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
+    let job_id = h.start_one_job("p", ONE_STEP).await;
     let agent = h.register_with(&h.agent_token(), &[], true).await;
-    let response = h
-        .v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/acquire"),
-            &agent.session,
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
+    h.v3(
+        Method::PUT,
+        &format!("/jobs/{job_id}/acquire"),
+        &agent.session,
+    )
+    .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+    .await;
+    let job = h.acquire_ok(&agent, &job_id).await;
     assert_eq!(job["id"], job_id.as_str());
-    assert_eq!(h.job_state(&job_id).await, "accepted");
+    h.assert_job_state(&job_id, "accepted").await;
     let other = h.register_with(&h.agent_token(), &[], true).await;
     expect_error(
         h.acquire(&other, &job_id).await,
@@ -322,94 +241,73 @@ async fn acquire_needs_lock_header_and_answers_422_once_taken() {
 #[tokio::test]
 async fn acquire_of_a_waiting_job_is_423_with_retry_after() {
     let h = start().await;
-    h.create_pipeline(
-        "p",
-        "steps:\n  - command: first\n  - wait\n  - command: second\n",
-    )
-    .await;
-    let build = h.create_build("p").await;
+    let build = h
+        .first_build(
+            "p",
+            "steps:\n  - command: first\n  - wait\n  - command: second\n",
+        )
+        .await;
     let second = script_jobs(&build)[1].clone();
-    assert_eq!(h.job_state(&second).await, "waiting");
+    h.assert_job_state(&second, "waiting").await;
     let agent = h.register_with(&h.agent_token(), &[], true).await;
     let response = h.acquire(&agent, &second).await;
     assert_eq!(response.status(), StatusCode::LOCKED);
     assert!(response.headers().get("retry-after").is_some());
     expect_error(response, StatusCode::LOCKED).await;
-    assert_eq!(h.job_state(&second).await, "waiting");
+    h.assert_job_state(&second, "waiting").await;
 }
 
 #[tokio::test]
 async fn job_token_is_scoped_to_its_job() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: a\n  - command: b\n")
+    let build = h
+        .first_build("p", "steps:\n  - command: a\n  - command: b\n")
         .await;
-    let build = h.create_build("p").await;
     let ids = script_jobs(&build);
     let agent = h.register(&[]).await;
-    let job_a = expect_json(h.acquire(&agent, &ids[0]).await, StatusCode::OK).await;
+    let job_a = h.acquire_ok(&agent, &ids[0]).await;
     let token_a = job_a["token"].as_str().unwrap();
-    let response = h
-        .v3(Method::PUT, &format!("/jobs/{}/start", ids[1]), token_a)
+    h.v3(Method::PUT, &format!("/jobs/{}/start", ids[1]), token_a)
         .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h
-        .v3(Method::GET, &format!("/jobs/{}", ids[0]), "bkaj_forged")
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNAUTHORIZED).await;
-    assert_eq!(h.job_state(&ids[1]).await, "scheduled");
+        .expect_error(StatusCode::UNAUTHORIZED)
+        .await;
+    h.v3(Method::GET, &format!("/jobs/{}", ids[0]), "bkaj_forged")
+        .expect_error(StatusCode::UNAUTHORIZED)
+        .await;
+    h.assert_job_state(&ids[1], "scheduled").await;
 }
 
 #[tokio::test]
 async fn start_and_finish_in_wrong_state_are_422() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
+    let job_id = h.start_one_job("p", ONE_STEP).await;
     let job = h.run_job(&job_id, "1").await;
     let response = h.finish(&job, "0").await;
     expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h
-        .v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/start"),
-            job["token"].as_str().unwrap(),
-        )
+    h.job_call(Method::PUT, &job, "/start")
         .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    assert_eq!(h.job_state(&job_id).await, "failed");
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    h.assert_job_state(&job_id, "failed").await;
 }
 
 #[tokio::test]
 async fn finish_takes_exit_status_as_string_and_rejects_garbage() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
-    let agent = h.register(&[]).await;
-    let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
-    h.start_job(&job).await;
-    let token = job["token"].as_str().unwrap();
-    let response = h
-        .v3(Method::PUT, &format!("/jobs/{job_id}/finish"), token)
+    let job_id = h.start_one_job("p", ONE_STEP).await;
+    let job = h.running_job(&job_id).await;
+    let message = h
+        .job_call(Method::PUT, &job, "/finish")
         .json(&json!({"exit_status": "zero"}))
-        .send()
-        .await
-        .unwrap();
-    let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
     assert!(message.contains("exit_status"), "{message}");
-    assert_eq!(h.job_state(&job_id).await, "running");
+    h.assert_job_state(&job_id, "running").await;
     let response = h
-        .v3(Method::PUT, &format!("/jobs/{job_id}/finish"), token)
+        .job_call(Method::PUT, &job, "/finish")
         .json(&json!({"exit_status": "-1", "signal_reason": "process_run_error"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let timeline = h.timeline(&job_id).await;
     assert_eq!(timeline["state"], "failed");
@@ -420,51 +318,26 @@ async fn finish_takes_exit_status_as_string_and_rejects_garbage() {
 #[tokio::test]
 async fn chunks_bad_input_never_corrupts_the_log() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
-    let agent = h.register(&[]).await;
-    let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
-    h.start_job(&job).await;
-    let token = job["token"].as_str().unwrap();
+    let job_id = h.start_one_job("p", ONE_STEP).await;
+    let job = h.running_job(&job_id).await;
     assert_eq!(
         h.upload_chunk(&job, 1, 0, b"good\n").await.status(),
         StatusCode::CREATED
     );
-    let response = h
-        .v3(
-            Method::POST,
-            &format!("/jobs/{job_id}/chunks?sequence=2&offset=5&size=4"),
-            token,
-        )
+    h.job_call(Method::POST, &job, "/chunks?sequence=2&offset=5&size=4")
         .header("content-encoding", "gzip")
         .body("not gzip")
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h
-        .v3(
-            Method::POST,
-            &format!("/jobs/{job_id}/chunks?sequence=2&offset=5"),
-            token,
-        )
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    h.job_call(Method::POST, &job, "/chunks?sequence=2&offset=5")
         .body("abc")
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h
-        .v3(
-            Method::POST,
-            &format!("/jobs/{job_id}/chunks?sequence=2&offset=5&size=9"),
-            token,
-        )
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    h.job_call(Method::POST, &job, "/chunks?sequence=2&offset=5&size=9")
         .header("content-encoding", "gzip")
         .body(gzip(b"abc"))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
     let big = vec![b'x'; 2 * 1024 * 1024];
     let response = h.upload_chunk(&job, 2, 5, &big).await;
     expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
@@ -479,73 +352,41 @@ async fn chunks_bad_input_never_corrupts_the_log() {
 #[tokio::test]
 async fn cancel_is_seen_through_job_state_and_finish_makes_canceled() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
-    let agent = h.register(&[]).await;
-    let job = expect_json(h.acquire(&agent, &job_id).await, StatusCode::OK).await;
-    h.start_job(&job).await;
-    let response = h
+    let job_id = h.start_one_job("p", ONE_STEP).await;
+    let job = h.running_job(&job_id).await;
+    let build = h
         .v2(
             Method::PUT,
             "/organizations/acme/pipelines/p/builds/1/cancel",
         )
-        .send()
-        .await
-        .unwrap();
-    let build = expect_json(response, StatusCode::OK).await;
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(build["state"], "canceling");
-    let state = expect_json(
-        h.v3(
-            Method::GET,
-            &format!("/jobs/{job_id}"),
-            job["token"].as_str().unwrap(),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let state = h
+        .job_call(Method::GET, &job, "")
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(state["state"], "canceling");
     let response = h
-        .v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/finish"),
-            job["token"].as_str().unwrap(),
-        )
+        .job_call(Method::PUT, &job, "/finish")
         .json(&json!({"exit_status": "-1", "signal_reason": "cancel"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(h.job_state(&job_id).await, "canceled");
-    assert_eq!(h.get_build("p", 1).await["state"], "canceled");
+    h.assert_job_state(&job_id, "canceled").await;
+    h.assert_build_state("p", 1, "canceled").await;
 }
 
 #[tokio::test]
 async fn disconnect_returns_an_unaccepted_job_and_stop_sends_disconnect() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
+    let job_id = h.start_one_job("p", ONE_STEP).await;
     let agent = h.register(&[]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &agent.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(ping["job"]["id"], job_id.as_str());
-    assert_eq!(
-        h.v3(Method::POST, "/disconnect", &agent.session)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(h.job_state(&job_id).await, "scheduled");
+    h.assert_dispatched(&agent, &job_id).await;
+    h.v3(Method::POST, "/disconnect", &agent.session)
+        .expect_status(StatusCode::OK)
+        .await;
+    h.assert_job_state(&job_id, "scheduled").await;
     let other = h.register(&["queue=other"]).await;
     let response = h
         .v2(
@@ -553,111 +394,62 @@ async fn disconnect_returns_an_unaccepted_job_and_stop_sends_disconnect() {
             &format!("/organizations/acme/agents/{}/stop", other.id),
         )
         .json(&json!({"force": true}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &other.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let ping = h.ping(&other).await;
     assert_eq!(ping["action"], "disconnect");
 }
 
 #[tokio::test]
 async fn root_and_streaming_pings_answer_like_buildkite() {
     let h = start().await;
-    let root = expect_json(
-        h.http
-            .get(format!("{}/", h.emulator.url()))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert!(root["message"].as_str().is_some());
-    let response = h
+    let root = h
         .http
+        .get(format!("{}/", h.emulator.url()))
+        .expect_json(StatusCode::OK)
+        .await;
+    assert!(root["message"].as_str().is_some());
+    h.http
         .post(format!(
             "{}/agentedge.v1.AgentEdgeService/StreamPings",
             h.emulator.url()
         ))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::NOT_FOUND).await;
-    let response = h
-        .v3(Method::DELETE, "/ping", "bkaa_x")
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await;
+        .expect_error(StatusCode::NOT_FOUND)
+        .await;
+    h.v3(Method::DELETE, "/ping", "bkaa_x")
+        .expect_error(StatusCode::METHOD_NOT_ALLOWED)
+        .await;
 }
 
 #[tokio::test]
 async fn more_wrong_states_are_422() {
     let h = start().await;
-    h.create_pipeline("p", ONE_STEP).await;
-    let job_id = script_jobs(&h.create_build("p").await)[0].clone();
+    let job_id = h.start_one_job("p", ONE_STEP).await;
     let first = h.register(&[]).await;
     let second = h.register(&[]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &first.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(ping["job"]["id"], job_id.as_str());
-    let response = h
-        .v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/accept"),
-            &second.session,
-        )
-        .send()
-        .await
-        .unwrap();
-    let message = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    h.assert_dispatched(&first, &job_id).await;
+    let message = h
+        .accept(&second, &job_id)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
     assert!(message.contains("another agent"), "{message}");
     h.emu(Method::POST, &format!("/jobs/{job_id}/cancel"))
-        .send()
-        .await
-        .unwrap();
-    let response = h
-        .v3(
-            Method::PUT,
-            &format!("/jobs/{job_id}/accept"),
-            &first.session,
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        .sent()
+        .await;
+    h.accept(&first, &job_id)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
     expect_error(
         h.acquire(&second, &job_id).await,
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    assert_eq!(
-        h.v3(Method::POST, "/disconnect", &first.session)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    let response = h
-        .v3(Method::POST, "/connect", &first.session)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    assert_eq!(h.job_state(&job_id).await, "canceled");
+    h.v3(Method::POST, "/disconnect", &first.session)
+        .expect_status(StatusCode::OK)
+        .await;
+    h.v3(Method::POST, "/connect", &first.session)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    h.assert_job_state(&job_id, "canceled").await;
 }

@@ -11,21 +11,18 @@ use serde_json::{json, Value};
 async fn workload_creates_builds_now_and_later() {
     let h = start().await;
     h.create_pipeline("p", "steps:\n  - command: a\n").await;
-    let response = h
+    let started = h
         .emu(Method::POST, "/workload")
         .json(&json!({"pipeline": "p", "builds": 3, "interval_ms": 20}))
-        .send()
-        .await
-        .unwrap();
-    let started = expect_json(response, StatusCode::ACCEPTED).await;
+        .expect_json(StatusCode::ACCEPTED)
+        .await;
     assert_eq!(started["created"], json!([{"pipeline": "p", "number": 1}]));
     assert_eq!(started["pending"], 2);
     eventually("all workload builds", || async {
         let list = h
             .v2(Method::GET, "/builds")
-            .send()
+            .sent()
             .await
-            .unwrap()
             .json::<Value>()
             .await
             .unwrap();
@@ -33,45 +30,25 @@ async fn workload_creates_builds_now_and_later() {
     })
     .await;
     let trace = json!({"trace": [{"at_ms": 0, "pipeline": "p", "branch": "feature"}, {"at_ms": 0, "pipeline": "p"}]});
-    let started = expect_json(
-        h.emu(Method::POST, "/workload")
-            .json(&trace)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::ACCEPTED,
-    )
-    .await;
+    let started = h
+        .emu(Method::POST, "/workload")
+        .json(&trace)
+        .expect_json(StatusCode::ACCEPTED)
+        .await;
     assert_eq!(started["created"].as_array().unwrap().len(), 2);
-    let response = h
-        .emu(Method::POST, "/workload")
+    h.emu(Method::POST, "/workload")
         .json(&json!({"pipeline": "missing", "builds": 1}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h
-        .emu(Method::POST, "/workload")
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    h.emu(Method::POST, "/workload")
         .json(&json!({"pipeline": "p", "buildz": 1}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    let jobs = expect_json(
-        h.emu(Method::GET, "/jobs?state=scheduled")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    let jobs = h.emu_get("/jobs?state=scheduled").await;
     assert_eq!(jobs.as_array().unwrap().len(), 5);
-    let response = h
-        .emu(Method::GET, "/jobs?state=flying")
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
+    h.emu(Method::GET, "/jobs?state=flying")
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
 }
 
 #[tokio::test]
@@ -79,17 +56,10 @@ async fn counters_count_requests_by_route_and_status() {
     let h = start().await;
     let agent = h.register(&[]).await;
     for _ in 0..3 {
-        h.v3(Method::GET, "/ping", &agent.session)
-            .send()
-            .await
-            .unwrap();
+        h.v3(Method::GET, "/ping", &agent.session).sent().await;
     }
-    h.v3(Method::GET, "/ping", "bkaa_bad").send().await.unwrap();
-    let counters = expect_json(
-        h.emu(Method::GET, "/counters").send().await.unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    h.v3(Method::GET, "/ping", "bkaa_bad").sent().await;
+    let counters = h.emu_get("/counters").await;
     assert_eq!(counters["requests_by_route"]["GET /v3/ping"], 4);
     assert_eq!(counters["responses_by_status"]["401"], 1);
     assert_eq!(counters["agents"], 1);
@@ -98,17 +68,13 @@ async fn counters_count_requests_by_route_and_status() {
 #[tokio::test]
 async fn cancel_one_job_and_read_its_timeline() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: a\n  - command: b\n")
+    let jobs = h
+        .start_build("p", "steps:\n  - command: a\n  - command: b\n")
         .await;
-    let jobs = script_jobs(&h.create_build("p").await);
-    let canceled = expect_json(
-        h.emu(Method::POST, &format!("/jobs/{}/cancel", jobs[0]))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let canceled = h
+        .emu(Method::POST, &format!("/jobs/{}/cancel", jobs[0]))
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(canceled["state"], "canceled");
     let timeline = h.timeline(&jobs[0]).await;
     let last = timeline["history"]
@@ -119,52 +85,38 @@ async fn cancel_one_job_and_read_its_timeline() {
         .clone();
     assert_eq!(last["state"], "canceled");
     assert!(last["at"].as_str().is_some() && last["reason"].as_str().is_some());
-    assert_eq!(h.job_state(&jobs[1]).await, "scheduled");
-    let response = h
-        .emu(Method::POST, &format!("/jobs/{}/cancel", jobs[0]))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h.emu(Method::GET, "/jobs/not-a-uuid").send().await.unwrap();
-    expect_error(response, StatusCode::NOT_FOUND).await;
+    h.assert_job_state(&jobs[1], "scheduled").await;
+    h.emu(Method::POST, &format!("/jobs/{}/cancel", jobs[0]))
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    h.emu(Method::GET, "/jobs/not-a-uuid")
+        .expect_error(StatusCode::NOT_FOUND)
+        .await;
 }
 
 #[tokio::test]
 async fn rate_limit_presets_switch_at_runtime() {
     let h = start().await;
-    let limits = expect_json(
-        h.emu(Method::PUT, "/rate-limits")
-            .json(&json!({"preset": "reference"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let limits = h
+        .emu(Method::PUT, "/rate-limits")
+        .json(&json!({"preset": "reference"}))
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(limits["limits"]["list-scheduled-jobs"], 10);
     let response = h
-        .v3(Method::POST, "/stacks/register", &h.agent_token())
+        .with_agent_token(Method::POST, "/stacks/register")
         .json(&json!({"key": "s"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.headers()["ratelimit-scope"], "default");
-    let limits = expect_json(
-        h.emu(Method::PUT, "/rate-limits")
-            .json(&json!({"preset": "off"}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(limits["limits"], json!({}));
-    let response = h
+    let limits = h
         .emu(Method::PUT, "/rate-limits")
+        .json(&json!({"preset": "off"}))
+        .expect_json(StatusCode::OK)
+        .await;
+    assert_eq!(limits["limits"], json!({}));
+    h.emu(Method::PUT, "/rate-limits")
         .json(&json!({"preset": "sometimes"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
 }

@@ -5,58 +5,18 @@
 
 mod common;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::routing::post;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use updraft_emulator::{PushTargets, WebhookAuth, WebhookTarget};
-use updraft_model::Secret;
-
-type Received = Arc<Mutex<Vec<Value>>>;
-
-/// A local HTTP receiver recording every POSTed JSON body; returns its URL.
-async fn receiver() -> (String, Received) {
-    let received: Received = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/",
-            post(|State(store): State<Received>, body: Bytes| async move {
-                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                store.lock().unwrap().push(value);
-                "ok"
-            }),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
-}
 
 async fn rest_agent(h: &Harness, id: &str) -> Value {
-    expect_json(
-        h.v2(Method::GET, &format!("/organizations/acme/agents/{id}"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await
+    h.rest_get(&format!("/organizations/acme/agents/{id}"))
+        .await
 }
 
 async fn listed_agent_ids(h: &Harness) -> Vec<String> {
-    let list = expect_json(
-        h.v2(Method::GET, "/organizations/acme/agents")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let list = h.rest_get("/organizations/acme/agents").await;
     list.as_array()
         .unwrap()
         .iter()
@@ -75,43 +35,27 @@ async fn wait_until_lost(h: &Harness, agent: &Agent) -> Value {
 #[tokio::test]
 async fn lost_after_defaults_to_three_heartbeats_and_rejects_bad_values() {
     let h = start().await;
-    let shown = expect_json(
-        h.emu(Method::GET, "/agents/lost-after")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let shown = h.emu_get("/agents/lost-after").await;
     assert_eq!(shown["seconds"], 15.0, "3 × the 5 s heartbeat: {shown}");
     for bad in [json!({"seconds": 0}), json!({"seconds": -1.5})] {
-        let message = expect_error(
-            h.emu(Method::PUT, "/agents/lost-after")
-                .json(&bad)
-                .send()
-                .await
-                .unwrap(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        )
-        .await;
+        let message = h
+            .emu(Method::PUT, "/agents/lost-after")
+            .json(&bad)
+            .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+            .await;
         assert!(message.contains("seconds"), "{message}");
     }
     let response = h
         .emu(Method::PUT, "/agents/lost-after")
         .json(&json!({"minutes": 1}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert!(response.status().is_client_error(), "unknown field refused");
-    let set = expect_json(
-        h.emu(Method::PUT, "/agents/lost-after")
-            .json(&json!({"seconds": 2.5}))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let set = h
+        .emu(Method::PUT, "/agents/lost-after")
+        .json(&json!({"seconds": 2.5}))
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(set["seconds"], 2.5);
 }
 
@@ -147,29 +91,17 @@ async fn a_silent_agent_is_lost_while_a_heartbeating_one_stays() {
     assert_eq!(listed, vec![alive.id.clone()], "lost agents are not listed");
 
     // The lost agent comes back: it is told to go and cannot connect again.
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &silent.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let ping = h.ping(&silent).await;
     assert_eq!(ping["action"], "disconnect");
-    let message = expect_error(
-        h.v3(Method::POST, "/connect", &silent.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
-    )
-    .await;
+    let message = h
+        .v3(Method::POST, "/connect", &silent.session)
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
     assert!(message.contains("lost"), "{message}");
     let response = h
         .v3(Method::POST, "/disconnect", &silent.session)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         rest_agent(&h, &silent.id).await["connection_state"],
@@ -182,12 +114,10 @@ async fn a_silent_agent_is_lost_while_a_heartbeating_one_stays() {
 async fn the_running_job_of_a_lost_agent_fails_with_exit_minus_one() {
     let h = start().await;
     h.emulator.set_agent_lost_after(Duration::from_millis(200));
-    h.create_pipeline("p", "steps:\n  - command: sleep 100\n")
-        .await;
-    let build = h.create_build("p").await;
+    let build = h.first_build("p", "steps:\n  - command: sleep 100\n").await;
     let jobs = script_jobs(&build);
     let agent = h.register(&[]).await;
-    let job = expect_json(h.acquire(&agent, &jobs[0]).await, StatusCode::OK).await;
+    let job = h.acquire_ok(&agent, &jobs[0]).await;
     h.start_job(&job).await;
     wait_until_lost(&h, &agent).await;
     let timeline = h.timeline(&jobs[0]).await;
@@ -202,22 +132,20 @@ async fn the_running_job_of_a_lost_agent_fails_with_exit_minus_one() {
     // The agent's late finish does not change the outcome.
     let message = expect_error(h.finish(&job, "0").await, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(message.contains("failed"), "{message}");
-    assert_eq!(h.job_state(&jobs[0]).await, "failed");
+    h.assert_job_state(&jobs[0], "failed").await;
 }
 
 #[tokio::test]
 async fn a_canceling_job_of_a_lost_agent_ends_canceled() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: sleep 100\n")
-        .await;
-    let jobs = script_jobs(&h.create_build("p").await);
+    let jobs = h.start_build("p", "steps:\n  - command: sleep 100\n").await;
     let agent = h.register(&[]).await;
-    let job = expect_json(h.acquire(&agent, &jobs[0]).await, StatusCode::OK).await;
+    let job = h.acquire_ok(&agent, &jobs[0]).await;
     h.start_job(&job).await;
     h.emulator
         .cancel_job(jobs[0].parse().unwrap())
         .expect("cancel a running job");
-    assert_eq!(h.job_state(&jobs[0]).await, "canceling");
+    h.assert_job_state(&jobs[0], "canceling").await;
     h.emulator.set_agent_lost_after(Duration::from_millis(200));
     wait_until_lost(&h, &agent).await;
     let timeline = h.timeline(&jobs[0]).await;
@@ -229,19 +157,10 @@ async fn a_canceling_job_of_a_lost_agent_ends_canceled() {
 async fn an_assigned_job_of_a_lost_agent_goes_to_another_agent() {
     let h = start().await;
     h.emulator.set_agent_lost_after(Duration::from_millis(200));
-    h.create_pipeline("p", "steps:\n  - command: make\n").await;
-    let jobs = script_jobs(&h.create_build("p").await);
+    let jobs = h.start_build("p", "steps:\n  - command: make\n").await;
     let first = h.register(&[]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &first.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(ping["job"]["id"], jobs[0].as_str(), "{ping}");
-    assert_eq!(h.job_state(&jobs[0]).await, "assigned");
+    h.assert_dispatched(&first, &jobs[0]).await;
+    h.assert_job_state(&jobs[0], "assigned").await;
     wait_until_lost(&h, &first).await;
     let timeline = h.timeline(&jobs[0]).await;
     assert_eq!(timeline["state"], "scheduled", "{timeline}");
@@ -250,29 +169,13 @@ async fn an_assigned_job_of_a_lost_agent_goes_to_another_agent() {
 
     h.emulator.set_agent_lost_after(Duration::from_secs(60));
     let second = h.register(&[]).await;
-    let ping = expect_json(
-        h.v3(Method::GET, "/ping", &second.session)
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
-    assert_eq!(ping["job"]["id"], jobs[0].as_str(), "{ping}");
+    h.assert_dispatched(&second, &jobs[0]).await;
 }
 
 #[tokio::test]
 async fn losing_an_agent_sends_the_webhook_and_the_eventbridge_event() {
     let h = start().await;
-    let (hook_url, hooks) = receiver().await;
-    let (bridge_url, bridge) = receiver().await;
-    h.emulator.set_push_targets(PushTargets {
-        webhook: Some(WebhookTarget {
-            url: hook_url,
-            auth: WebhookAuth::Token(Secret::new("hook-token")),
-        }),
-        eventbridge_url: Some(bridge_url),
-    });
+    let (hooks, bridge) = h.push_to_receivers("hook-token").await;
     h.emulator.set_agent_lost_after(Duration::from_millis(200));
     let agent = h.register(&[]).await;
     wait_until_lost(&h, &agent).await;
@@ -281,8 +184,8 @@ async fn losing_an_agent_sends_the_webhook_and_the_eventbridge_event() {
             .lock()
             .unwrap()
             .iter()
-            .find(|v| v[key] == name)
-            .cloned()
+            .find(|(_, v, _)| v[key] == name)
+            .map(|(_, v, _)| v.clone())
     };
     eventually("agent.lost webhook and Agent Lost event", || async {
         find(&hooks, "event", "agent.lost").is_some()

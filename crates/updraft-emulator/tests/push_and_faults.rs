@@ -4,40 +4,11 @@
 
 mod common;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::post;
 use common::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
 use updraft_emulator::{ApiFaults, PushFaults, PushTargets, WebhookAuth, WebhookTarget};
 use updraft_model::Secret;
-
-/// Each POST: headers, parsed body, raw body.
-type Received = Arc<Mutex<Vec<(HeaderMap, Value, Bytes)>>>;
-
-/// A local HTTP receiver recording every POST; returns its URL.
-async fn receiver() -> (String, Received) {
-    let received: Received = Arc::default();
-    let app = axum::Router::new()
-        .route(
-            "/",
-            post(
-                |State(store): State<Received>, headers: HeaderMap, body: Bytes| async move {
-                    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    store.lock().unwrap().push((headers, value, body));
-                    "ok"
-                },
-            ),
-        )
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, received)
-}
 
 fn events(received: &Received) -> Vec<String> {
     received
@@ -65,8 +36,7 @@ async fn webhooks_carry_the_token_and_job_events() {
         }),
         eventbridge_url: None,
     });
-    h.create_pipeline("p", "steps:\n  - command: a\n").await;
-    let jobs = script_jobs(&h.create_build("p").await);
+    let jobs = h.start_build("p", "steps:\n  - command: a\n").await;
     h.run_job(&jobs[0], "0").await;
     eventually("job.finished webhook", || async {
         events(&received).contains(&"job.finished".to_string())
@@ -101,8 +71,7 @@ async fn signed_webhooks_verify_with_hmac_and_eventbridge_is_shaped() {
     let h = start().await;
     let (hook_url, hooks) = receiver().await;
     let (eb_url, bridge) = receiver().await;
-    let response = h.emu(Method::PUT, "/push").json(&json!({"webhook_url": hook_url, "webhook_secret": "s3cret", "eventbridge_url": eb_url})).send().await.unwrap();
-    let shown = expect_json(response, StatusCode::OK).await;
+    let shown = h.emu(Method::PUT, "/push").json(&json!({"webhook_url": hook_url, "webhook_secret": "s3cret", "eventbridge_url": eb_url})).expect_json(StatusCode::OK).await;
     assert_eq!(shown["webhook_auth"], "signature");
     assert!(
         !shown.to_string().contains("s3cret"),
@@ -175,9 +144,8 @@ async fn push_faults_drop_and_duplicate_by_seed() {
     eventually("drops to be counted", || async {
         let counters = h
             .emu(Method::GET, "/counters")
-            .send()
+            .sent()
             .await
-            .unwrap()
             .json::<Value>()
             .await
             .unwrap();
@@ -198,20 +166,16 @@ async fn push_faults_drop_and_duplicate_by_seed() {
             == 2
     })
     .await;
-    let response = h
-        .emu(Method::PUT, "/faults")
+    h.emu(Method::PUT, "/faults")
         .json(&json!({"push": {"drop": 1.5}}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
 }
 
 #[tokio::test]
 async fn api_faults_answer_429_or_503_and_change_nothing() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: a\n").await;
-    let jobs = script_jobs(&h.create_build("p").await);
+    let jobs = h.start_build("p", "steps:\n  - command: a\n").await;
     let agent = h.register(&[]).await;
     h.emulator.set_api_faults(ApiFaults {
         fraction: 1.0,
@@ -227,27 +191,21 @@ async fn api_faults_answer_429_or_503_and_change_nothing() {
         assert!(response.headers().get("retry-after").is_some());
         expect_error(response, status).await;
     }
-    assert_eq!(h.job_state(&jobs[0]).await, "scheduled");
+    h.assert_job_state(&jobs[0], "scheduled").await;
     assert_eq!(
         h.timeline(&jobs[0]).await["acquires"],
         0,
         "a faulted request never reaches the handler"
     );
     // REST and introspection are not faulted.
-    assert_eq!(
-        h.v2(Method::GET, "/organizations/acme/pipelines")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    h.v2(Method::GET, "/organizations/acme/pipelines")
+        .expect_status(StatusCode::OK)
+        .await;
     let response = h
         .emu(Method::PUT, "/faults")
         .json(&json!({"api": {"fraction": 0.2, "seed": 9}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(
         expect_json(response, StatusCode::OK).await["api"]["fraction"],
         0.2
@@ -256,9 +214,8 @@ async fn api_faults_answer_429_or_503_and_change_nothing() {
     for _ in 0..200 {
         let status = h
             .v3(Method::GET, "/ping", &agent.session)
-            .send()
+            .sent()
             .await
-            .unwrap()
             .status();
         if status != StatusCode::OK {
             faulted += 1;
@@ -268,11 +225,7 @@ async fn api_faults_answer_429_or_503_and_change_nothing() {
         (15..=70).contains(&faulted),
         "about 20% of 200 requests faulted, got {faulted}"
     );
-    let counters = expect_json(
-        h.emu(Method::GET, "/counters").send().await.unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let counters = h.emu_get("/counters").await;
     assert_eq!(
         counters["api_faults_injected"].as_u64().unwrap(),
         5 + faulted
@@ -282,29 +235,19 @@ async fn api_faults_answer_429_or_503_and_change_nothing() {
 #[tokio::test]
 async fn agent_events_are_pushed_as_webhooks_and_eventbridge() {
     let h = start().await;
-    let (hook_url, hooks) = receiver().await;
-    let (eb_url, bridge) = receiver().await;
-    h.emulator.set_push_targets(PushTargets {
-        webhook: Some(WebhookTarget {
-            url: hook_url,
-            auth: WebhookAuth::Token(Secret::new("t")),
-        }),
-        eventbridge_url: Some(eb_url),
-    });
+    let (hooks, bridge) = h.push_to_receivers("t").await;
     let agent = h.register(&["queue=default"]).await;
     let response = h
         .v2(
             Method::PUT,
             &format!("/organizations/acme/agents/{}/stop", agent.id),
         )
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     h.v3(Method::POST, "/disconnect", &agent.session)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     eventually("agent events", || async {
         events(&hooks).len() == 3 && events(&bridge).len() == 3
     })

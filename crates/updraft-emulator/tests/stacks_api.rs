@@ -12,24 +12,21 @@ use updraft_emulator::{EmulatorConfig, RateLimitConfig};
 
 async fn register_stack(h: &Harness, key: &str, queue: &str) -> Value {
     let response = h
-        .v3(Method::POST, "/stacks/register", &h.agent_token())
+        .with_agent_token(Method::POST, "/stacks/register")
         .json(&json!({"key": key, "type": "custom", "queue_key": queue, "metadata": {"v": "1"}}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     expect_json(response, StatusCode::CREATED).await
 }
 
 async fn scheduled(h: &Harness, key: &str, query: &str) -> Value {
     let response = h
-        .v3(
+        .with_agent_token(
             Method::GET,
             &format!("/stacks/{key}/scheduled-jobs?{query}"),
-            &h.agent_token(),
         )
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     expect_json(response, StatusCode::OK).await
 }
 
@@ -39,15 +36,13 @@ async fn reserve(h: &Harness, key: &str, ids: &[&str], expiry: Option<u64>) -> V
         body["reservation_expiry_seconds"] = json!(seconds);
     }
     let response = h
-        .v3(
+        .with_agent_token(
             Method::PUT,
             &format!("/stacks/{key}/scheduled-jobs/batch-reserve"),
-            &h.agent_token(),
         )
         .json(&body)
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     expect_json(response, StatusCode::OK).await
 }
 
@@ -68,38 +63,27 @@ async fn register_is_201_then_200_and_needs_the_agent_token() {
     assert_eq!(stack["cluster_queue_key"], "default");
     assert_eq!(stack["state"], "connected");
     let response = h
-        .v3(Method::POST, "/stacks/register", &h.agent_token())
+        .with_agent_token(Method::POST, "/stacks/register")
         .json(&json!({"key": "s1", "type": "custom", "queue_key": "_default"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let response = h
-        .v3(Method::POST, "/stacks/register", "bkct_bad")
+    h.v3(Method::POST, "/stacks/register", "bkct_bad")
         .json(&json!({"key": "s2"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNAUTHORIZED).await;
-    let response = h
-        .v3(Method::POST, "/stacks/register", &h.agent_token())
+        .expect_error(StatusCode::UNAUTHORIZED)
+        .await;
+    h.with_agent_token(Method::POST, "/stacks/register")
         .json(&json!({"key": "s3", "type": "mainframe"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
     let response = h
-        .v3(Method::POST, "/stacks/s1/deregister", &h.agent_token())
-        .send()
-        .await
-        .unwrap();
+        .with_agent_token(Method::POST, "/stacks/s1/deregister")
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let response = h
-        .v3(Method::GET, "/stacks/nope/scheduled-jobs", &h.agent_token())
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::NOT_FOUND).await;
+    h.with_agent_token(Method::GET, "/stacks/nope/scheduled-jobs")
+        .expect_error(StatusCode::NOT_FOUND)
+        .await;
 }
 
 #[tokio::test]
@@ -148,30 +132,13 @@ async fn scheduled_jobs_oldest_first_with_cursor_and_queue_aliases() {
         );
     }
     assert_eq!(ids(&scheduled(&h, "s", "queue_key=other").await).len(), 3);
-    let response = h
-        .v3(
-            Method::GET,
-            "/stacks/s/scheduled-jobs?limit=1001",
-            &h.agent_token(),
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h
-        .v3(
-            Method::GET,
-            "/stacks/s/scheduled-jobs?after=garbage",
-            &h.agent_token(),
-        )
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    h.emu(Method::PUT, "/queues/default/pause")
-        .send()
-        .await
-        .unwrap();
+    h.with_agent_token(Method::GET, "/stacks/s/scheduled-jobs?limit=1001")
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    h.with_agent_token(Method::GET, "/stacks/s/scheduled-jobs?after=garbage")
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    h.emu(Method::PUT, "/queues/default/pause").sent().await;
     assert_eq!(
         scheduled(&h, "s", "").await["cluster_queue"]["dispatch_paused"],
         true
@@ -198,7 +165,7 @@ async fn reserved_jobs_leave_the_list_until_the_reservation_lapses() {
         result["not_reserved"],
         json!(["00000000-0000-0000-0000-000000000000"])
     );
-    assert_eq!(h.job_state(&all[0]).await, "reserved");
+    h.assert_job_state(&all[0], "reserved").await;
     assert_eq!(ids(&scheduled(&h, "s", "").await), vec![all[1].clone()]);
     register_stack(&h, "other", "default").await;
     assert_eq!(
@@ -215,50 +182,30 @@ async fn reserved_jobs_leave_the_list_until_the_reservation_lapses() {
     })
     .await;
     assert_eq!(ids(&scheduled(&h, "s", "").await), all);
-    let response = h
-        .v3(
-            Method::PUT,
-            "/stacks/s/scheduled-jobs/batch-reserve",
-            &h.agent_token(),
-        )
+    h.with_agent_token(Method::PUT, "/stacks/s/scheduled-jobs/batch-reserve")
         .json(&json!({"job_uuids": ["x"]}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
-    let response = h
-        .v3(
-            Method::PUT,
-            "/stacks/s/scheduled-jobs/batch-reserve",
-            &h.agent_token(),
-        )
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
+    h.with_agent_token(Method::PUT, "/stacks/s/scheduled-jobs/batch-reserve")
         .json(&json!({"job_uuids": [], "reservation_expiry_seconds": 3601}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
 }
 
 #[tokio::test]
 async fn acquisition_tokens_only_for_reserved_jobs_and_scope_the_session() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: a\n  - command: b\n")
+    let build = h
+        .first_build("p", "steps:\n  - command: a\n  - command: b\n")
         .await;
-    let build = h.create_build("p").await;
     let jobs = script_jobs(&build);
     register_stack(&h, "s", "default").await;
     reserve(&h, "s", &[&jobs[0]], None).await;
-    let response = h
-        .v3(
-            Method::POST,
-            "/stacks/s/job-acquisition-tokens",
-            &h.agent_token(),
-        )
+    let body = h
+        .with_agent_token(Method::POST, "/stacks/s/job-acquisition-tokens")
         .json(&json!({"job_uuids": [jobs[0], jobs[1]], "token_lifetime_seconds": 60}))
-        .send()
-        .await
-        .unwrap();
-    let body = expect_json(response, StatusCode::CREATED).await;
+        .expect_json(StatusCode::CREATED)
+        .await;
     assert_eq!(body["not_issued"], json!([jobs[1]]));
     let jat = body["job_acquisition_tokens"][0]["job_acquisition_token"]
         .as_str()
@@ -273,73 +220,47 @@ async fn acquisition_tokens_only_for_reserved_jobs_and_scope_the_session() {
         .is_some());
     let agent = h.register_with(&jat, &[], true).await;
     expect_error(h.acquire(&agent, &jobs[1]).await, StatusCode::FORBIDDEN).await;
-    let job = expect_json(h.acquire(&agent, &jobs[0]).await, StatusCode::OK).await;
+    let job = h.acquire_ok(&agent, &jobs[0]).await;
     assert_eq!(job["id"], jobs[0].as_str());
     // The JAT is no agent token: it cannot reach the Stacks API.
-    let response = h
-        .v3(Method::GET, "/stacks/s/scheduled-jobs", &jat)
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNAUTHORIZED).await;
+    h.v3(Method::GET, "/stacks/s/scheduled-jobs", &jat)
+        .expect_error(StatusCode::UNAUTHORIZED)
+        .await;
 }
 
 #[tokio::test]
 async fn acquisition_tokens_for_another_queue_are_forbidden() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: a\n    agents: {queue: gpu}\n")
+    let jobs = h
+        .start_build("p", "steps:\n  - command: a\n    agents: {queue: gpu}\n")
         .await;
-    let jobs = script_jobs(&h.create_build("p").await);
     register_stack(&h, "s", "default").await;
-    let response = h
-        .v3(
-            Method::POST,
-            "/stacks/s/job-acquisition-tokens",
-            &h.agent_token(),
-        )
+    h.with_agent_token(Method::POST, "/stacks/s/job-acquisition-tokens")
         .json(&json!({"job_uuids": [jobs[0]]}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::FORBIDDEN).await;
+        .expect_error(StatusCode::FORBIDDEN)
+        .await;
 }
 
 #[tokio::test]
 async fn get_job_get_states_finish_and_notifications() {
     let h = start().await;
-    h.create_pipeline("p", "steps:\n  - command: make test\n")
-        .await;
-    let jobs = script_jobs(&h.create_build("p").await);
+    let jobs = h.start_build("p", "steps:\n  - command: make test\n").await;
     register_stack(&h, "s", "default").await;
-    let job = expect_json(
-        h.v3(
-            Method::GET,
-            &format!("/stacks/s/jobs/{}", jobs[0]),
-            &h.agent_token(),
-        )
-        .send()
-        .await
-        .unwrap(),
-        StatusCode::OK,
-    )
-    .await;
+    let job = h
+        .with_agent_token(Method::GET, &format!("/stacks/s/jobs/{}", jobs[0]))
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(job["command"], "make test");
     assert_eq!(job["env"]["BUILDKITE_JOB_ID"], jobs[0].as_str());
-    let response = h
-        .v3(Method::POST, "/stacks/s/jobs/get-states", &h.agent_token())
+    let states = h
+        .with_agent_token(Method::POST, "/stacks/s/jobs/get-states")
         .json(&json!({"job_uuids": [jobs[0]]}))
-        .send()
-        .await
-        .unwrap();
-    let states = expect_json(response, StatusCode::OK).await;
+        .expect_json(StatusCode::OK)
+        .await;
     assert_eq!(states["states"][&jobs[0]], "scheduled");
-    let response = h
-        .v3(Method::POST, "/stacks/s/notifications", &h.agent_token())
+    let body = h.with_agent_token(Method::POST, "/stacks/s/notifications")
         .json(&json!({"notifications": [{"job_uuid": jobs[0], "detail": "waiting for capacity"}, {"job_uuid": "00000000-0000-0000-0000-000000000000", "detail": "x"}, {"job_uuid": jobs[0], "detail": "y".repeat(300)}]}))
-        .send()
-        .await
-        .unwrap();
-    let body = expect_json(response, StatusCode::OK).await;
+        .expect_json(StatusCode::OK).await;
     assert_eq!(body["errors"].as_array().unwrap().len(), 2, "{body}");
     let timeline = h.timeline(&jobs[0]).await;
     assert_eq!(
@@ -347,43 +268,24 @@ async fn get_job_get_states_finish_and_notifications() {
         "waiting for capacity"
     );
     let response = h
-        .v3(
-            Method::POST,
-            &format!("/stacks/s/jobs/{}/finish", jobs[0]),
-            &h.agent_token(),
-        )
+        .with_agent_token(Method::POST, &format!("/stacks/s/jobs/{}/finish", jobs[0]))
         .json(&json!({"detail": "image pull failed"}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let timeline = h.timeline(&jobs[0]).await;
     assert_eq!(timeline["state"], "failed");
     assert_eq!(timeline["exit_status"], -1);
     assert_eq!(timeline["signal_reason"], "stack_error");
     assert_eq!(timeline["stack_finish_detail"], "image pull failed");
-    let response = h
-        .v3(
-            Method::POST,
-            &format!("/stacks/s/jobs/{}/finish", jobs[0]),
-            &h.agent_token(),
-        )
+    h.with_agent_token(Method::POST, &format!("/stacks/s/jobs/{}/finish", jobs[0]))
         .json(&json!({"detail": "again"}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
-    let response = h
-        .v3(
-            Method::POST,
-            &format!("/stacks/s/jobs/{}/finish", jobs[0]),
-            &h.agent_token(),
-        )
+        .expect_error(StatusCode::UNPROCESSABLE_ENTITY)
+        .await;
+    h.with_agent_token(Method::POST, &format!("/stacks/s/jobs/{}/finish", jobs[0]))
         .json(&json!({"detail": "z".repeat(5000)}))
-        .send()
-        .await
-        .unwrap();
-    expect_error(response, StatusCode::BAD_REQUEST).await;
+        .expect_error(StatusCode::BAD_REQUEST)
+        .await;
 }
 
 #[tokio::test]
@@ -397,10 +299,9 @@ async fn reference_rate_limits_answer_429_with_headers() {
     let mut limited = None;
     for _ in 0..11 {
         let response = h
-            .v3(Method::GET, "/stacks/s/scheduled-jobs", &h.agent_token())
-            .send()
-            .await
-            .unwrap();
+            .with_agent_token(Method::GET, "/stacks/s/scheduled-jobs")
+            .sent()
+            .await;
         assert_eq!(response.headers()["ratelimit-scope"], "list-scheduled-jobs");
         assert_eq!(response.headers()["ratelimit-limit"], "10");
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -417,17 +318,15 @@ async fn reference_rate_limits_answer_429_with_headers() {
     assert!(body["message"].as_str().is_some() && body["reset"].as_u64().is_some());
     // Other scopes have their own budget.
     let response = h
-        .v3(Method::POST, "/stacks/s/jobs/get-states", &h.agent_token())
+        .with_agent_token(Method::POST, "/stacks/s/jobs/get-states")
         .json(&json!({"job_uuids": []}))
-        .send()
-        .await
-        .unwrap();
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let response = h
-        .v3(Method::GET, "/stacks/s/scheduled-jobs", &h.agent_token())
-        .send()
-        .await
-        .unwrap();
+        .with_agent_token(Method::GET, "/stacks/s/scheduled-jobs")
+        .sent()
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
 }

@@ -1,12 +1,16 @@
 //! `updraft plan`: list the jobs scheduled now on every queue the config serves and say which
-//! fleet would take each, or why none would. Nothing is reserved or launched; the only write
-//! is registering the stacks (idempotent), which Buildkite requires before listing.
+//! fleet would take each, or why none would; queues no fleet serves are read from the agent
+//! metrics endpoint, since the Stacks API lists a queue only to a stack of that queue.
+//! Nothing is reserved or launched; the only write is registering the stacks (idempotent),
+//! which Buildkite requires before listing.
 
 use crate::config::Config;
 use crate::pull::list_queue;
 use crate::router::{route, Route};
 use crate::stackset::StackSet;
 use std::fmt;
+use updraft_buildkite::metrics::MetricsClient;
+use updraft_buildkite::ClientOptions;
 use updraft_model::QueryRules;
 use uuid::Uuid;
 
@@ -26,6 +30,8 @@ pub struct Plan {
     /// Queues whose listing hit the page cap: more jobs wait than are shown.
     pub truncated_queues: Vec<String>,
     pub paused_queues: Vec<String>,
+    /// Queues with scheduled jobs that no fleet serves, with how many wait there.
+    pub unserved_queues: Vec<(String, u64)>,
 }
 
 pub async fn plan(config: &Config) -> anyhow::Result<Plan> {
@@ -64,6 +70,25 @@ pub async fn plan(config: &Config) -> anyhow::Result<Plan> {
             });
         }
     }
+    let metrics = MetricsClient::new(
+        &config.buildkite.endpoint,
+        &config.buildkite.agent_token,
+        ClientOptions::default(),
+    )?;
+    let reading = metrics
+        .all_queues()
+        .await
+        .map_err(|e| anyhow::anyhow!("reading queue metrics: {e}"))?;
+    out.unserved_queues = reading
+        .metrics
+        .jobs
+        .queues
+        .iter()
+        .filter(|(queue, counts)| {
+            counts.scheduled > 0 && !config.fleets.iter().any(|f| &f.queue == *queue)
+        })
+        .map(|(queue, counts)| (queue.clone(), counts.scheduled))
+        .collect();
     Ok(out)
 }
 
@@ -71,6 +96,12 @@ impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.jobs.is_empty() {
             writeln!(f, "No jobs are scheduled on the served queues.")?;
+        }
+        for (queue, scheduled) in &self.unserved_queues {
+            writeln!(
+                f,
+                "queue {queue}: {scheduled} scheduled job(s) ✗ no fleet serves queue={queue}"
+            )?;
         }
         for job in &self.jobs {
             let decision = match &job.decision {

@@ -595,3 +595,53 @@ async fn push_requests_with_a_bad_signature_are_refused() {
     assert!(response.text().await.unwrap().contains("does not match"));
     scheduler.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn plan_names_the_fleet_for_each_scheduled_job_and_the_queues_no_fleet_serves() {
+    let emulator = emulator().await;
+    emulator
+        .create_pipeline(
+            "plan",
+            "steps:\n  - command: a\n    agents: {queue: linux}\n  - command: b\n    agents: {queue: linux, docker: \"true\"}\n  - command: c\n    agents: {queue: linux, arch: arm64}\n  - command: d\n    agents: {queue: gpu}\n",
+        )
+        .unwrap();
+    let build = emulator.create_build("plan").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse(&config_text(&emulator, dir.path(), THREE_FLEETS, "")).unwrap();
+
+    let plan = updraft_scheduler::plan(&config).await.unwrap();
+
+    let decision = |job: Uuid| {
+        plan.jobs
+            .iter()
+            .find(|planned| planned.id == job)
+            .map(|planned| planned.decision.clone())
+    };
+    assert_eq!(decision(build.job_ids[0]), Some(Ok("linux".to_string())));
+    assert_eq!(
+        decision(build.job_ids[1]),
+        Some(Ok("linux-docker".to_string()))
+    );
+    assert_eq!(
+        decision(build.job_ids[2]),
+        Some(Err("no fleet on queue=linux has arch=arm64".to_string()))
+    );
+    assert_eq!(
+        decision(build.job_ids[3]),
+        None,
+        "gpu jobs are not listed to our stacks"
+    );
+    assert_eq!(plan.unserved_queues, vec![("gpu".to_string(), 1)]);
+    let printed = plan.to_string();
+    assert!(
+        printed.contains("queue gpu: 1 scheduled job(s) ✗ no fleet serves queue=gpu"),
+        "{printed}"
+    );
+    for job in &build.job_ids {
+        assert_eq!(
+            emulator.job_state(*job),
+            Some(JobState::Scheduled),
+            "plan must not reserve or launch"
+        );
+    }
+}

@@ -307,15 +307,13 @@ impl Ledger {
     pub fn record_launch_failed(&self, job: Uuid, detail: &str) -> Result<(), LedgerError> {
         let now = now_ms();
         self.with_tx("recording a failed launch", |tx| {
-            tx.execute(
-                "UPDATE jobs SET stage = 'reserved', stage_since_ms = ?2 WHERE id = ?1 AND stage = 'launching'",
-                params![job.to_string(), now],
-            )?;
-            tx.execute(
-                "INSERT INTO transitions (job_id, at_ms, stage, detail) VALUES (?1, ?2, 'reserved', ?3)",
-                params![job.to_string(), now, format!("launch failed: {detail}")],
-            )?;
-            Ok(())
+            back_to_reserved(
+                tx,
+                job,
+                now,
+                "stage = 'launching'",
+                &format!("launch failed: {detail}"),
+            )
         })
     }
 
@@ -336,15 +334,13 @@ impl Ledger {
     pub fn record_relaunch(&self, job: Uuid, detail: &str) -> Result<(), LedgerError> {
         let now = now_ms();
         self.with_tx("recording a relaunch", |tx| {
-            tx.execute(
-                "UPDATE jobs SET stage = 'reserved', stage_since_ms = ?2 WHERE id = ?1 AND stage != 'done'",
-                params![job.to_string(), now],
-            )?;
-            tx.execute(
-                "INSERT INTO transitions (job_id, at_ms, stage, detail) VALUES (?1, ?2, 'reserved', ?3)",
-                params![job.to_string(), now, format!("relaunch: {detail}")],
-            )?;
-            Ok(())
+            back_to_reserved(
+                tx,
+                job,
+                now,
+                "stage != 'done'",
+                &format!("relaunch: {detail}"),
+            )
         })
     }
 
@@ -539,6 +535,26 @@ impl Ledger {
         )
         .map_err(|e| self.fail("counting launches", e))
     }
+}
+
+/// Send a job back to `reserved` (if it is in a stage `stage_guard` allows) and record why,
+/// so the reconciler launches it again.
+fn back_to_reserved(
+    tx: &rusqlite::Transaction,
+    job: Uuid,
+    now: i64,
+    stage_guard: &str,
+    detail: &str,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        &format!("UPDATE jobs SET stage = 'reserved', stage_since_ms = ?2 WHERE id = ?1 AND {stage_guard}"),
+        params![job.to_string(), now],
+    )?;
+    tx.execute(
+        "INSERT INTO transitions (job_id, at_ms, stage, detail) VALUES (?1, ?2, 'reserved', ?3)",
+        params![job.to_string(), now, detail],
+    )?;
+    Ok(())
 }
 
 fn row_job(row: &rusqlite::Row) -> rusqlite::Result<LedgerJob> {

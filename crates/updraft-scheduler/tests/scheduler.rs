@@ -92,6 +92,28 @@ fn all_in(emulator: &EmulatorHandle, jobs: &[Uuid], state: JobState) -> bool {
     jobs.iter().all(|j| emulator.job_state(*j) == Some(state))
 }
 
+/// A pipeline of `steps` command steps (see `pipeline_yaml`) and `builds` builds of it; the
+/// command jobs they made.
+fn create_builds(emulator: &EmulatorHandle, slug: &str, steps: usize, builds: usize) -> Vec<Uuid> {
+    emulator
+        .create_pipeline(slug, &pipeline_yaml(steps))
+        .unwrap();
+    let mut jobs = Vec::new();
+    for _ in 0..builds {
+        jobs.extend(emulator.create_build(slug).unwrap().job_ids);
+    }
+    command_jobs(emulator, &jobs)
+}
+
+/// Wait until every job passed, then check each was launched and acquired exactly once.
+async fn expect_each_passed_once(emulator: &EmulatorHandle, backend: &AgentBackend, jobs: &[Uuid]) {
+    wait_until(LIMIT, "every job passed", || {
+        all_in(emulator, jobs, JobState::Passed)
+    })
+    .await;
+    assert_one_launch_and_acquire_each(emulator, backend, jobs);
+}
+
 fn assert_one_launch_and_acquire_each(
     emulator: &EmulatorHandle,
     backend: &AgentBackend,
@@ -128,21 +150,10 @@ async fn many_jobs_across_fleets_and_queues_are_each_acquired_once() {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(200)));
-    emulator
-        .create_pipeline("many", &pipeline_yaml(30))
-        .unwrap();
-    let mut jobs = Vec::new();
-    for _ in 0..3 {
-        jobs.extend(emulator.create_build("many").unwrap().job_ids);
-    }
-    let jobs = command_jobs(&emulator, &jobs);
+    let jobs = create_builds(&emulator, "many", 30, 3);
     assert_eq!(jobs.len(), 90);
     let scheduler = start(&emulator, dir.path(), &backend, "").await;
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     wait_until(LIMIT, "every slot freed", || {
         scheduler.stats().in_flight == 0
     })
@@ -174,11 +185,7 @@ async fn a_burst_of_many_pages_is_launched_once_each() {
     let scheduler = Scheduler::start(Config::parse(&text).unwrap(), backends(&backend))
         .await
         .unwrap();
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     scheduler.shutdown().await.unwrap();
 }
 
@@ -190,19 +197,8 @@ async fn buildkites_rate_limits_slow_the_scheduler_down_without_losing_a_job() {
     let backend = AgentBackend::new(Some(Duration::from_millis(50)));
     let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
     push_to(&emulator, &scheduler, "hook-secret");
-    emulator
-        .create_pipeline("limited", &pipeline_yaml(30))
-        .unwrap();
-    let mut jobs = Vec::new();
-    for _ in 0..2 {
-        jobs.extend(emulator.create_build("limited").unwrap().job_ids);
-    }
-    let jobs = command_jobs(&emulator, &jobs);
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let jobs = create_builds(&emulator, "limited", 30, 2);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     scheduler.shutdown().await.unwrap();
 }
 
@@ -217,26 +213,24 @@ async fn failing_and_throttled_requests_are_retried_without_running_a_job_twice(
     let backend = AgentBackend::new(Some(Duration::from_millis(50)));
     let scheduler = start(&emulator, dir.path(), &backend, PUSH).await;
     push_to(&emulator, &scheduler, "hook-secret");
-    emulator
-        .create_pipeline("faulty", &pipeline_yaml(30))
-        .unwrap();
-    let jobs = command_jobs(&emulator, &emulator.create_build("faulty").unwrap().job_ids);
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let jobs = create_builds(&emulator, "faulty", 30, 1);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     scheduler.shutdown().await.unwrap();
 }
 
-fn push_to(emulator: &EmulatorHandle, scheduler: &SchedulerHandle, token: &str) {
-    emulator.set_push_targets(PushTargets {
+/// Signed webhooks from the emulator to the scheduler's push receiver.
+fn signed_webhooks(scheduler: &SchedulerHandle, token: &str) -> PushTargets {
+    PushTargets {
         webhook: Some(WebhookTarget {
             url: format!("http://{}/webhooks/buildkite", scheduler.push_addr()),
             auth: WebhookAuth::Signature(Secret::new(token)),
         }),
         eventbridge_url: None,
-    });
+    }
+}
+
+fn push_to(emulator: &EmulatorHandle, scheduler: &SchedulerHandle, token: &str) {
+    emulator.set_push_targets(signed_webhooks(scheduler, token));
 }
 
 const PUSH: &str = "[push]\nwebhook_token = \"hook-secret\"\n";
@@ -252,19 +246,8 @@ async fn push_and_pull_together_never_launch_a_job_twice() {
         duplicate_fraction: 0.5,
         ..PushFaults::default()
     });
-    emulator
-        .create_pipeline("both", &pipeline_yaml(12))
-        .unwrap();
-    let mut jobs = Vec::new();
-    for _ in 0..3 {
-        jobs.extend(emulator.create_build("both").unwrap().job_ids);
-    }
-    let jobs = command_jobs(&emulator, &jobs);
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let jobs = create_builds(&emulator, "both", 12, 3);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     scheduler.shutdown().await.unwrap();
 }
 
@@ -285,13 +268,8 @@ async fn push_alone_launches_every_job(
     let config = Config::parse_with_env(&text, env).unwrap();
     let scheduler = Scheduler::start(config, backends(&backend)).await.unwrap();
     emulator.set_push_targets(targets(&scheduler));
-    emulator.create_pipeline("push", &pipeline_yaml(9)).unwrap();
-    let jobs = command_jobs(&emulator, &emulator.create_build("push").unwrap().job_ids);
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let jobs = create_builds(&emulator, "push", 9, 1);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     let stats = scheduler.stats();
     assert_eq!(stats.pickups.len(), jobs.len());
     assert!(stats
@@ -303,14 +281,8 @@ async fn push_alone_launches_every_job(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_webhooks_alone_launch_every_job() {
-    push_alone_launches_every_job(PUSH, |scheduler| PushTargets {
-        webhook: Some(WebhookTarget {
-            url: format!("http://{}/webhooks/buildkite", scheduler.push_addr()),
-            auth: WebhookAuth::Signature(Secret::new("hook-secret")),
-        }),
-        eventbridge_url: None,
-    })
-    .await;
+    push_alone_launches_every_job(PUSH, |scheduler| signed_webhooks(scheduler, "hook-secret"))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,18 +310,8 @@ async fn when_every_push_is_dropped_pull_still_runs_everything() {
         drop_fraction: 1.0,
         ..PushFaults::default()
     });
-    emulator
-        .create_pipeline("dropped", &pipeline_yaml(9))
-        .unwrap();
-    let jobs = command_jobs(
-        &emulator,
-        &emulator.create_build("dropped").unwrap().job_ids,
-    );
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    let jobs = create_builds(&emulator, "dropped", 9, 1);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     assert!(scheduler
         .stats()
         .pickups
@@ -394,22 +356,12 @@ async fn a_restart_on_the_same_ledger_converges_without_a_second_launch() {
     let emulator = emulator().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = AgentBackend::new(Some(Duration::from_millis(1500)));
-    emulator
-        .create_pipeline("restart", &pipeline_yaml(24))
-        .unwrap();
-    let jobs = command_jobs(
-        &emulator,
-        &emulator.create_build("restart").unwrap().job_ids,
-    );
+    let jobs = create_builds(&emulator, "restart", 24, 1);
     let first = start(&emulator, dir.path(), &backend, "").await;
     wait_until(LIMIT, "some launches", || first.stats().launched >= 5).await;
     first.shutdown().await.unwrap();
     let second = start(&emulator, dir.path(), &backend, "").await;
-    wait_until(LIMIT, "every job passed", || {
-        all_in(&emulator, &jobs, JobState::Passed)
-    })
-    .await;
-    assert_one_launch_and_acquire_each(&emulator, &backend, &jobs);
+    expect_each_passed_once(&emulator, &backend, &jobs).await;
     wait_until(LIMIT, "finished launches deleted", || backend.live() == 0).await;
     second.shutdown().await.unwrap();
 }

@@ -119,6 +119,14 @@ async fn create(
     Ok((StatusCode::CREATED, Json(build)))
 }
 
+/// A build as the REST API shows it.
+fn build_reply(s: &World, id: Uuid, uri: &Uri) -> ApiResult<Json<Value>> {
+    s.builds
+        .get(&id)
+        .map(|b| Json(build_json(s, b, uri)))
+        .ok_or_else(|| ApiError::not_found("Build not found"))
+}
+
 async fn show(
     State(app): State<SharedApp>,
     Path((org, slug, number)): Path<(String, String, String)>,
@@ -127,10 +135,7 @@ async fn show(
     check_org(&app, &org)?;
     app.store.read(|s| {
         let id = find_build(s, &slug, &number)?;
-        s.builds
-            .get(&id)
-            .map(|b| Json(build_json(s, b, &uri)))
-            .ok_or_else(|| ApiError::not_found("Build not found"))
+        build_reply(s, id, &uri)
     })
 }
 
@@ -143,10 +148,7 @@ async fn cancel(
     app.store.with(|s| {
         let id = find_build(s, &slug, &number)?;
         s.cancel_build(id)?;
-        s.builds
-            .get(&id)
-            .map(|b| Json(build_json(s, b, &uri)))
-            .ok_or_else(|| ApiError::not_found("Build not found"))
+        build_reply(s, id, &uri)
     })
 }
 
@@ -159,10 +161,7 @@ async fn rebuild(
     app.store.with(|s| {
         let id = find_build(s, &slug, &number)?;
         let new_id = s.rebuild(id)?;
-        s.builds
-            .get(&new_id)
-            .map(|b| Json(build_json(s, b, &uri)))
-            .ok_or_else(|| ApiError::not_found("Build not found"))
+        build_reply(s, new_id, &uri)
     })
 }
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use updraft_buildkite::agent_api::{
-    register, AcquireError, AgentRetries, AgentSession, Job, PingAction, RegisterRequest, RegisterResponse,
+    register, AcquireError, AgentRetries, AgentSession, Job, PingAction, RegisterRequest,
+    RegisterResponse,
 };
 use updraft_buildkite::{ApiError, ClientOptions, Secret};
 
@@ -130,26 +131,45 @@ impl AgentError {
 /// Run the agent until it disconnects.
 pub async fn run_agent(config: AgentConfig, shutdown: Shutdown) -> Result<AgentRun, AgentError> {
     if config.shell.is_empty() {
-        return Err(AgentError::Config("the shell must name a program (e.g. \"/bin/bash -e -c\")".into()));
+        return Err(AgentError::Config(
+            "the shell must name a program (e.g. \"/bin/bash -e -c\")".into(),
+        ));
     }
     let one_shot = config.acquire_job.is_some();
     let request = register_request(&config, one_shot);
-    let (registered, session) =
-        register(&config.endpoint, &config.token, &request, config.client.clone(), config.retries.clone())
-            .await
-            .map_err(|source| {
-                if matches!(source.status(), Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)) {
-                    AgentError::TokenRefused { endpoint: config.endpoint.clone(), source }
-                } else {
-                    AgentError::Register { endpoint: config.endpoint.clone(), source }
-                }
-            })?;
+    let (registered, session) = register(
+        &config.endpoint,
+        &config.token,
+        &request,
+        config.client.clone(),
+        config.retries.clone(),
+    )
+    .await
+    .map_err(|source| {
+        if matches!(
+            source.status(),
+            Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+        ) {
+            AgentError::TokenRefused {
+                endpoint: config.endpoint.clone(),
+                source,
+            }
+        } else {
+            AgentError::Register {
+                endpoint: config.endpoint.clone(),
+                source,
+            }
+        }
+    })?;
     tracing::info!(agent_id = %registered.id, name = %registered.name, "registered");
     let agent = Registered::new(&config, registered, session);
     agent.session.connect().await.map_err(AgentError::Connect)?;
     let heartbeat_failed = CancellationToken::new();
-    let heartbeat =
-        tokio::spawn(heartbeat_loop(agent.session.clone(), agent.heartbeat_interval, heartbeat_failed.clone()));
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        agent.session.clone(),
+        agent.heartbeat_interval,
+        heartbeat_failed.clone(),
+    ));
 
     let result = match &config.acquire_job {
         Some(job_id) => agent.one_shot(job_id, &shutdown, &heartbeat_failed).await,
@@ -211,7 +231,11 @@ fn hostname() -> String {
 
 /// Sends heartbeats until aborted; returns the error that ended them (a non-retryable one,
 /// or one that outlasted its retries) after pulling `failed`.
-async fn heartbeat_loop(session: AgentSession, interval: Duration, failed: CancellationToken) -> Option<ApiError> {
+async fn heartbeat_loop(
+    session: AgentSession,
+    interval: Duration,
+    failed: CancellationToken,
+) -> Option<ApiError> {
     loop {
         tokio::time::sleep(interval).await;
         if let Err(error) = session.heartbeat().await {
@@ -242,7 +266,11 @@ impl Registered {
             cancel_grace_period: config.cancel_grace_period,
             agent_name: registered.name.clone(),
             agent_id: registered.id.clone(),
-            tags: if registered.meta_data.is_empty() { config.tags.clone() } else { registered.meta_data.clone() },
+            tags: if registered.meta_data.is_empty() {
+                config.tags.clone()
+            } else {
+                registered.meta_data.clone()
+            },
             upload_workers: config.upload_workers,
             output_drain_timeout: config.output_drain_timeout,
             ignore_agent_in_dispatches: config.disconnect_after_job || config.acquire_job.is_some(),
@@ -320,7 +348,9 @@ impl Registered {
             match ping.action() {
                 PingAction::Pause => {
                     if !announced {
-                        tracing::info!("the agent is paused; waiting to be resumed before disconnecting");
+                        tracing::info!(
+                            "the agent is paused; waiting to be resumed before disconnecting"
+                        );
                         announced = true;
                     }
                 }
@@ -405,10 +435,24 @@ impl Registered {
         shutdown: &Shutdown,
         heartbeat_failed: &CancellationToken,
     ) -> Result<JobReport, AgentError> {
-        let client = self.session.job_client(job).map_err(|source| AgentError::Config(source.to_string()))?;
-        let access_token = job.token.clone().filter(|t| !t.is_empty()).unwrap_or_else(|| self.access_token.clone());
+        let client = self
+            .session
+            .job_client(job)
+            .map_err(|source| AgentError::Config(source.to_string()))?;
+        let access_token = job
+            .token
+            .clone()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| self.access_token.clone());
         let stop = StopSwitch::default();
-        let run = run_local_job(&client, job, &access_token, self.job_status_interval, &self.runner, &stop);
+        let run = run_local_job(
+            &client,
+            job,
+            &access_token,
+            self.job_status_interval,
+            &self.runner,
+            &stop,
+        );
         tokio::pin!(run);
         let report = loop {
             tokio::select! {
@@ -427,7 +471,10 @@ impl Registered {
     }
 
     fn run_record(&self, jobs: Vec<JobReport>) -> AgentRun {
-        AgentRun { agent_id: self.agent_id.clone(), jobs }
+        AgentRun {
+            agent_id: self.agent_id.clone(),
+            jobs,
+        }
     }
 }
 

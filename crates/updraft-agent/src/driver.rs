@@ -47,7 +47,9 @@ pub struct StopSwitch {
 
 impl Default for StopSwitch {
     fn default() -> Self {
-        StopSwitch { sender: watch::channel(None).0 }
+        StopSwitch {
+            sender: watch::channel(None).0,
+        }
     }
 }
 
@@ -130,9 +132,21 @@ impl DriveOptions {
     /// capped at `log_max_size_bytes` (0 means 1 GiB).
     pub fn for_job(job: &Job, job_status_interval: Duration) -> Self {
         let server_max = usize::try_from(job.chunks_max_size_bytes).unwrap_or(usize::MAX);
-        let chunk_max = if server_max == 0 { MAX_CHUNK_BYTES } else { server_max.min(MAX_CHUNK_BYTES) };
-        let flush_secs = if job.chunks_interval_seconds == 0 { 1 } else { job.chunks_interval_seconds };
-        let status = if job_status_interval.is_zero() { Duration::from_secs(1) } else { job_status_interval };
+        let chunk_max = if server_max == 0 {
+            MAX_CHUNK_BYTES
+        } else {
+            server_max.min(MAX_CHUNK_BYTES)
+        };
+        let flush_secs = if job.chunks_interval_seconds == 0 {
+            1
+        } else {
+            job.chunks_interval_seconds
+        };
+        let status = if job_status_interval.is_zero() {
+            Duration::from_secs(1)
+        } else {
+            job_status_interval
+        };
         DriveOptions {
             chunk_max,
             flush_interval: Duration::from_secs(flush_secs),
@@ -140,7 +154,11 @@ impl DriveOptions {
             upload_workers: 3,
             output_drain_timeout: Duration::from_secs(2),
             ignore_agent_in_dispatches: false,
-            log_max_bytes: if job.log_max_size_bytes == 0 { DEFAULT_LOG_MAX_BYTES } else { job.log_max_size_bytes },
+            log_max_bytes: if job.log_max_size_bytes == 0 {
+                DEFAULT_LOG_MAX_BYTES
+            } else {
+                job.log_max_size_bytes
+            },
         }
     }
 }
@@ -168,7 +186,11 @@ pub enum DriveError {
     #[error("job {job_id} could not be started: {source}")]
     Start { job_id: String, source: ApiError },
     #[error("job {job_id} ran but could not be finished: {source}")]
-    Finish { job_id: String, source: ApiError, report: Box<JobReport> },
+    Finish {
+        job_id: String,
+        source: ApiError,
+        report: Box<JobReport>,
+    },
 }
 
 /// Start the job, run `command` while streaming `output`, then finish the job.
@@ -187,8 +209,16 @@ where
     F: Future<Output = CommandOutcome>,
 {
     let job_id = client.job_id().to_string();
-    client.start().await.map_err(|source| DriveError::Start { job_id: job_id.clone(), source })?;
-    let streamer = LogStreamer::new(client.clone(), options.chunk_max, options.upload_workers, options.log_max_bytes);
+    client.start().await.map_err(|source| DriveError::Start {
+        job_id: job_id.clone(),
+        source,
+    })?;
+    let streamer = LogStreamer::new(
+        client.clone(),
+        options.chunk_max,
+        options.upload_workers,
+        options.log_max_bytes,
+    );
     let (drain_deadline, drain_receiver) = watch::channel(None::<Instant>);
     let pump = pump_output(output, streamer, options.flush_interval, drain_receiver);
     let watcher = watch_for_cancellation(client, options.status_poll_interval, stop);
@@ -217,7 +247,11 @@ where
     let stop_reason = stop.reason();
     let (exit_status, signal, signal_reason) = finish_fields(&outcome, stop_reason);
     if log.chunks_failed > 0 {
-        tracing::warn!(job_id, failed = log.chunks_failed, "some log chunks could not be uploaded");
+        tracing::warn!(
+            job_id,
+            failed = log.chunks_failed,
+            "some log chunks could not be uploaded"
+        );
     }
     let finish = FinishRequest {
         exit_status: exit_status.clone(),
@@ -227,15 +261,28 @@ where
         chunks_failed_count: log.chunks_failed,
         ignore_agent_in_dispatches: options.ignore_agent_in_dispatches.then_some(true),
     };
-    let report = JobReport { job_id: job_id.clone(), exit_status, signal, signal_reason, log };
+    let report = JobReport {
+        job_id: job_id.clone(),
+        exit_status,
+        signal,
+        signal_reason,
+        log,
+    };
     match client.finish(&finish).await {
         Ok(()) => Ok(report),
-        Err(source) => Err(DriveError::Finish { job_id, source, report: Box::new(report) }),
+        Err(source) => Err(DriveError::Finish {
+            job_id,
+            source,
+            report: Box::new(report),
+        }),
     }
 }
 
 /// exit status, signal and signal_reason for finish (reference §1.6.10–1.6.11).
-fn finish_fields(outcome: &CommandOutcome, stop: Option<StopReason>) -> (String, Option<String>, Option<String>) {
+fn finish_fields(
+    outcome: &CommandOutcome,
+    stop: Option<StopReason>,
+) -> (String, Option<String>, Option<String>) {
     let stop_reason = stop.map(|reason| reason.signal_reason().to_string());
     match outcome {
         // A stopped command that still exited 0 did not pass.
@@ -315,7 +362,10 @@ async fn watch_for_cancellation(client: &JobClient, interval: Duration, stop: &S
             }
             Ok(_) => {}
             Err(error) if error.status() == Some(StatusCode::UNAUTHORIZED) => {
-                tracing::warn!(job_id = client.job_id(), "the job token was refused; stopping the command");
+                tracing::warn!(
+                    job_id = client.job_id(),
+                    "the job token was refused; stopping the command"
+                );
                 stop.request(StopReason::Cancel);
             }
             Err(error) => tracing::debug!(%error, "reading the job state failed; trying again"),
@@ -330,26 +380,55 @@ mod tests {
     #[test]
     fn finish_fields_follow_the_reference() {
         let fields = |o: CommandOutcome, s| finish_fields(&o, s);
-        assert_eq!(fields(CommandOutcome::Exited(0), None), ("0".into(), None, None));
-        assert_eq!(fields(CommandOutcome::Exited(3), None), ("3".into(), None, None));
+        assert_eq!(
+            fields(CommandOutcome::Exited(0), None),
+            ("0".into(), None, None)
+        );
+        assert_eq!(
+            fields(CommandOutcome::Exited(3), None),
+            ("3".into(), None, None)
+        );
         assert_eq!(
             fields(CommandOutcome::Exited(0), Some(StopReason::Cancel)),
             ("1".into(), None, Some("cancel".into()))
         );
         assert_eq!(
-            fields(CommandOutcome::Signaled("SIGTERM".into()), Some(StopReason::Cancel)),
+            fields(
+                CommandOutcome::Signaled("SIGTERM".into()),
+                Some(StopReason::Cancel)
+            ),
             ("-1".into(), Some("SIGTERM".into()), Some("cancel".into()))
         );
         assert_eq!(
-            fields(CommandOutcome::Signaled("SIGKILL".into()), Some(StopReason::AgentStop)).2.as_deref(),
+            fields(
+                CommandOutcome::Signaled("SIGKILL".into()),
+                Some(StopReason::AgentStop)
+            )
+            .2
+            .as_deref(),
             Some("agent_stop")
         );
         assert_eq!(
-            fields(CommandOutcome::Signaled("SIGTERM".into()), Some(StopReason::TimedOut)).2.as_deref(),
+            fields(
+                CommandOutcome::Signaled("SIGTERM".into()),
+                Some(StopReason::TimedOut)
+            )
+            .2
+            .as_deref(),
             Some("cancel")
         );
-        assert_eq!(fields(CommandOutcome::Refused("x".into()), None).2.as_deref(), Some("agent_refused"));
-        assert_eq!(fields(CommandOutcome::FailedToStart("x".into()), None).2.as_deref(), Some("process_run_error"));
+        assert_eq!(
+            fields(CommandOutcome::Refused("x".into()), None)
+                .2
+                .as_deref(),
+            Some("agent_refused")
+        );
+        assert_eq!(
+            fields(CommandOutcome::FailedToStart("x".into()), None)
+                .2
+                .as_deref(),
+            Some("process_run_error")
+        );
     }
 
     #[tokio::test]
@@ -371,8 +450,14 @@ mod tests {
     #[test]
     fn a_zero_log_limit_means_one_gibibyte() {
         let job: Job = serde_json::from_str(r#"{"id":"j","log_max_size_bytes":0}"#).unwrap();
-        assert_eq!(DriveOptions::for_job(&job, Duration::ZERO).log_max_bytes, DEFAULT_LOG_MAX_BYTES);
+        assert_eq!(
+            DriveOptions::for_job(&job, Duration::ZERO).log_max_bytes,
+            DEFAULT_LOG_MAX_BYTES
+        );
         let job: Job = serde_json::from_str(r#"{"id":"j","log_max_size_bytes":4096}"#).unwrap();
-        assert_eq!(DriveOptions::for_job(&job, Duration::ZERO).log_max_bytes, 4096);
+        assert_eq!(
+            DriveOptions::for_job(&job, Duration::ZERO).log_max_bytes,
+            4096
+        );
     }
 }

@@ -103,8 +103,15 @@ mod tests {
         std::fs::write(dir.path().join("pre-command"), "true\n").unwrap();
         std::fs::create_dir(dir.path().join("checkout")).unwrap();
         let env_file = dir.path().join("env");
-        let hooks = Hooks { dir: Some(dir.path()), shell: "/bin/bash", env_file: &env_file };
-        assert_eq!(hooks.find("pre-command"), Some(dir.path().join("pre-command")));
+        let hooks = Hooks {
+            dir: Some(dir.path()),
+            shell: "/bin/bash",
+            env_file: &env_file,
+        };
+        assert_eq!(
+            hooks.find("pre-command"),
+            Some(dir.path().join("pre-command"))
+        );
         assert_eq!(hooks.find("checkout"), None);
         assert_eq!(hooks.find("post-command"), None);
         assert_eq!(Hooks { dir: None, ..hooks }.find("pre-command"), None);

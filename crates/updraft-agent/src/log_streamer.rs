@@ -55,7 +55,9 @@ impl LogStreamer {
         let workers = workers.max(1);
         let (queue, receiver) = mpsc::channel::<PendingChunk>(workers);
         let receiver = Arc::new(Mutex::new(receiver));
-        let workers = (0..workers).map(|_| tokio::spawn(upload_worker(client.clone(), receiver.clone()))).collect();
+        let workers = (0..workers)
+            .map(|_| tokio::spawn(upload_worker(client.clone(), receiver.clone())))
+            .collect();
         LogStreamer {
             buffer: Vec::with_capacity(chunk_max.min(64 * 1024)),
             chunk_max: chunk_max.max(1),
@@ -83,8 +85,15 @@ impl LogStreamer {
         self.output_kept += keep as u64;
         if keep < data.len() {
             self.bytes_dropped = (data.len() - keep) as u64;
-            tracing::warn!(limit = self.max_output, "the job's output reached the log size limit; dropping the rest");
-            let newline = if self.last_byte_is_newline() { "" } else { "\n" };
+            tracing::warn!(
+                limit = self.max_output,
+                "the job's output reached the log size limit; dropping the rest"
+            );
+            let newline = if self.last_byte_is_newline() {
+                ""
+            } else {
+                "\n"
+            };
             let notice = format!(
                 "{newline}updraft agent: the output was truncated at {} bytes (the job's log_max_size_bytes); the rest was not uploaded\n",
                 self.max_output
@@ -124,12 +133,21 @@ impl LogStreamer {
             return;
         }
         self.last_flushed_newline = self.buffer.last() == Some(&b'\n');
-        let data = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(self.chunk_max.min(64 * 1024))));
-        let chunk = PendingChunk { sequence: self.next_sequence, offset: self.next_offset, data };
+        let data = Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(self.chunk_max.min(64 * 1024)),
+        ));
+        let chunk = PendingChunk {
+            sequence: self.next_sequence,
+            offset: self.next_offset,
+            data,
+        };
         self.next_sequence += 1;
         self.next_offset += chunk.data.len() as u64;
         if self.queue.send(chunk).await.is_err() {
-            tracing::error!("log upload workers stopped early; the rest of this log cannot be sent");
+            tracing::error!(
+                "log upload workers stopped early; the rest of this log cannot be sent"
+            );
         }
     }
 
@@ -150,12 +168,20 @@ impl LogStreamer {
                 0
             });
         }
-        LogStats { bytes, chunks, chunks_failed, bytes_dropped: self.bytes_dropped }
+        LogStats {
+            bytes,
+            chunks,
+            chunks_failed,
+            bytes_dropped: self.bytes_dropped,
+        }
     }
 }
 
 /// Uploads chunks until the queue closes; returns how many it gave up on.
-async fn upload_worker(client: JobClient, receiver: Arc<Mutex<mpsc::Receiver<PendingChunk>>>) -> u64 {
+async fn upload_worker(
+    client: JobClient,
+    receiver: Arc<Mutex<mpsc::Receiver<PendingChunk>>>,
+) -> u64 {
     let mut failed = 0;
     loop {
         let next = receiver.lock().await.recv().await;
@@ -175,7 +201,12 @@ async fn upload_worker(client: JobClient, receiver: Arc<Mutex<mpsc::Receiver<Pen
                 continue;
             }
         };
-        let chunk = LogChunk { sequence: pending.sequence, offset: pending.offset, size, gzipped };
+        let chunk = LogChunk {
+            sequence: pending.sequence,
+            offset: pending.offset,
+            size,
+            gzipped,
+        };
         if let Err(error) = client.upload_chunk(&chunk).await {
             tracing::warn!(%error, sequence = chunk.sequence, offset = chunk.offset, "gave up uploading a log chunk");
             failed += 1;
@@ -200,7 +231,9 @@ mod tests {
     fn gzip_round_trips() {
         let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let mut out = Vec::new();
-        GzDecoder::new(&gzip(&data).unwrap()[..]).read_to_end(&mut out).unwrap();
+        GzDecoder::new(&gzip(&data).unwrap()[..])
+            .read_to_end(&mut out)
+            .unwrap();
         assert_eq!(out, data);
     }
 }

@@ -33,10 +33,17 @@ pub async fn run_phases(
         ));
     }
     let env_file = job_dir.with_extension("hook-env");
-    let hooks = Hooks { dir: config.hooks_path.as_deref(), shell: &config.shell[0], env_file: &env_file };
+    let hooks = Hooks {
+        dir: config.hooks_path.as_deref(),
+        shell: &config.shell[0],
+        env_file: &env_file,
+    };
     let command = job.command();
     if command.is_none() && hooks.find("command").is_none() {
-        return CommandOutcome::FailedToStart(format!("job {} has no command (BUILDKITE_COMMAND is empty)", job.id));
+        return CommandOutcome::FailedToStart(format!(
+            "job {} has no command (BUILDKITE_COMMAND is empty)",
+            job.id
+        ));
     }
     if let Err(error) = prepare_dir(&job_dir).await {
         return CommandOutcome::FailedToStart(format!(
@@ -44,7 +51,15 @@ pub async fn run_phases(
             job_dir.display()
         ));
     }
-    let mut job_run = JobRun { config, hooks, env, job_dir, output, stop, announced: false };
+    let mut job_run = JobRun {
+        config,
+        hooks,
+        env,
+        job_dir,
+        output,
+        stop,
+        announced: false,
+    };
     let outcome = job_run.main_phases(command.as_deref()).await;
     job_run.pre_exit(outcome).await
 }
@@ -76,13 +91,19 @@ fn first_failure(earlier: CommandOutcome, later: CommandOutcome) -> CommandOutco
 
 impl<'a> JobRun<'a> {
     fn limit(&self) -> StepLimit<'a> {
-        StepLimit::Stoppable { stop: self.stop, grace: self.config.cancel_grace_period }
+        StepLimit::Stoppable {
+            stop: self.stop,
+            grace: self.config.cancel_grace_period,
+        }
     }
 
     /// Source hook `name` in `dir`; `None` when there is no such hook.
     async fn hook(&mut self, name: &str, dir: &Path) -> Option<CommandOutcome> {
         let limit = self.limit();
-        let outcome = self.hooks.run(name, &mut self.env, dir, &mut self.output, limit).await;
+        let outcome = self
+            .hooks
+            .run(name, &mut self.env, dir, &mut self.output, limit)
+            .await;
         self.announced |= outcome.is_some();
         outcome
     }
@@ -114,7 +135,8 @@ impl<'a> JobRun<'a> {
         if self.stop.reason().is_some() {
             return outcome;
         }
-        self.env.insert("BUILDKITE_COMMAND_EXIT_STATUS".into(), exit_text(&outcome));
+        self.env
+            .insert("BUILDKITE_COMMAND_EXIT_STATUS".into(), exit_text(&outcome));
         match self.hook("post-command", &job_dir).await {
             Some(hook_outcome) => first_failure(outcome, hook_outcome),
             None => outcome,
@@ -138,7 +160,15 @@ impl<'a> JobRun<'a> {
         self.output.line("~~~ Preparing working directory");
         self.announced = true;
         let grace = self.config.cancel_grace_period;
-        checkout(&repo, &self.env, &job_dir, &mut self.output, self.stop, grace).await
+        checkout(
+            &repo,
+            &self.env,
+            &job_dir,
+            &mut self.output,
+            self.stop,
+            grace,
+        )
+        .await
     }
 
     /// `BUILDKITE_COMMAND` through the configured shell, in the job directory.
@@ -149,31 +179,44 @@ impl<'a> JobRun<'a> {
         }
         let shell = &self.config.shell;
         let mut step = Command::new(&shell[0]);
-        step.args(&shell[1..]).arg(command).current_dir(&self.job_dir).env_clear().envs(&self.env);
+        step.args(&shell[1..])
+            .arg(command)
+            .current_dir(&self.job_dir)
+            .env_clear()
+            .envs(&self.env);
         run_step(step, &self.output, self.limit()).await
     }
 
     /// The `pre-exit` hook, whatever happened before. After a stop it may only use what is
     /// left of the grace period, and sees `BUILDKITE_JOB_TIMED_OUT=true` after a timeout.
     async fn pre_exit(mut self, outcome: CommandOutcome) -> CommandOutcome {
-        let Some(hook) = self.hooks.find("pre-exit") else { return outcome };
+        let Some(hook) = self.hooks.find("pre-exit") else {
+            return outcome;
+        };
         let limit = match (self.stop.reason(), self.stop.requested_at()) {
             (Some(reason), Some(requested_at)) => {
                 let deadline = requested_at + self.config.cancel_grace_period;
                 if Instant::now() >= deadline {
                     tracing::info!(hook = %hook.display(), "not running the pre-exit hook: the grace period is used up");
-                    self.output.line("~~~ Not running the pre-exit hook: the cancel grace period is used up");
+                    self.output.line(
+                        "~~~ Not running the pre-exit hook: the cancel grace period is used up",
+                    );
                     return outcome;
                 }
                 if reason == StopReason::TimedOut {
-                    self.env.insert("BUILDKITE_JOB_TIMED_OUT".into(), "true".into());
+                    self.env
+                        .insert("BUILDKITE_JOB_TIMED_OUT".into(), "true".into());
                 }
                 StepLimit::Until(deadline)
             }
             _ => self.limit(),
         };
         let job_dir = self.job_dir.clone();
-        match self.hooks.run("pre-exit", &mut self.env, &job_dir, &mut self.output, limit).await {
+        match self
+            .hooks
+            .run("pre-exit", &mut self.env, &job_dir, &mut self.output, limit)
+            .await
+        {
             Some(hook_outcome) => first_failure(outcome, hook_outcome),
             None => outcome,
         }
@@ -188,7 +231,12 @@ fn exit_text(outcome: &CommandOutcome) -> String {
 }
 
 fn is_true(env: &BTreeMap<String, String>, key: &str) -> bool {
-    env.get(key).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes" | "on"))
+    env.get(key).is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on"
+        )
+    })
 }
 
 /// A fresh, empty directory.
@@ -208,8 +256,14 @@ mod tests {
     #[test]
     fn the_first_failure_decides_the_outcome() {
         let passed = CommandOutcome::Exited(0);
-        assert_eq!(first_failure(passed.clone(), CommandOutcome::Exited(5)), CommandOutcome::Exited(5));
-        assert_eq!(first_failure(CommandOutcome::Exited(2), CommandOutcome::Exited(5)), CommandOutcome::Exited(2));
+        assert_eq!(
+            first_failure(passed.clone(), CommandOutcome::Exited(5)),
+            CommandOutcome::Exited(5)
+        );
+        assert_eq!(
+            first_failure(CommandOutcome::Exited(2), CommandOutcome::Exited(5)),
+            CommandOutcome::Exited(2)
+        );
         assert_eq!(first_failure(passed.clone(), passed.clone()), passed);
     }
 

@@ -30,14 +30,20 @@ pub struct OutputWriter {
 impl OutputWriter {
     /// A line from the agent itself into the job log.
     pub fn line(&mut self, text: &str) {
-        let result = self.writer.write_all(text.as_bytes()).and_then(|()| self.writer.write_all(b"\n"));
+        let result = self
+            .writer
+            .write_all(text.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"));
         if let Err(error) = result {
             tracing::warn!(%error, "could not write to the job log pipe");
         }
     }
 
     fn stdio(&self) -> std::io::Result<(Stdio, Stdio)> {
-        Ok((Stdio::from(self.writer.try_clone()?), Stdio::from(self.writer.try_clone()?)))
+        Ok((
+            Stdio::from(self.writer.try_clone()?),
+            Stdio::from(self.writer.try_clone()?),
+        ))
     }
 }
 
@@ -45,7 +51,10 @@ impl OutputWriter {
 #[derive(Debug, Clone, Copy)]
 pub enum StepLimit<'a> {
     /// SIGTERM to the group when `stop` is pulled, SIGKILL `grace` later.
-    Stoppable { stop: &'a StopSwitch, grace: Duration },
+    Stoppable {
+        stop: &'a StopSwitch,
+        grace: Duration,
+    },
     /// SIGKILL to the group at this instant: for the `pre-exit` hook of a stopped job, which
     /// may only use what is left of the grace period.
     Until(Instant),
@@ -54,23 +63,42 @@ pub enum StepLimit<'a> {
 /// Run `command` to completion with its output in the job log, in a new process group,
 /// ended early as `limit` says. Whatever is left of the group afterwards is killed, so
 /// nothing the step started outlives it.
-pub async fn run_step(mut command: Command, output: &OutputWriter, limit: StepLimit<'_>) -> CommandOutcome {
-    let program = command.as_std().get_program().to_string_lossy().into_owned();
+pub async fn run_step(
+    mut command: Command,
+    output: &OutputWriter,
+    limit: StepLimit<'_>,
+) -> CommandOutcome {
+    let program = command
+        .as_std()
+        .get_program()
+        .to_string_lossy()
+        .into_owned();
     let (stdout, stderr) = match output.stdio() {
         Ok(pair) => pair,
         Err(error) => {
-            return CommandOutcome::FailedToStart(format!("could not attach {program} to the job log: {error}"))
+            return CommandOutcome::FailedToStart(format!(
+                "could not attach {program} to the job log: {error}"
+            ))
         }
     };
-    command.stdin(Stdio::null()).stdout(stdout).stderr(stderr).process_group(0).kill_on_drop(true);
+    command
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .kill_on_drop(true);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(error) => return CommandOutcome::FailedToStart(format!("could not start {program}: {error}")),
+        Err(error) => {
+            return CommandOutcome::FailedToStart(format!("could not start {program}: {error}"))
+        }
     };
     // Our copies of the write end went into the child; drop the Command so they close here.
     drop(command);
     let Some(pid) = child.id() else {
-        return CommandOutcome::FailedToStart(format!("{program} exited before it could be watched"));
+        return CommandOutcome::FailedToStart(format!(
+            "{program} exited before it could be watched"
+        ));
     };
     let group = Pid::from_raw(pid as i32);
     let status = match limit {
@@ -100,7 +128,9 @@ pub async fn run_step(mut command: Command, output: &OutputWriter, limit: StepLi
     signal_group(group, Signal::SIGKILL);
     match status {
         Ok(status) => outcome_of(status),
-        Err(error) => CommandOutcome::FailedToStart(format!("waiting for {program} failed: {error}")),
+        Err(error) => {
+            CommandOutcome::FailedToStart(format!("waiting for {program} failed: {error}"))
+        }
     }
 }
 
@@ -115,7 +145,9 @@ pub fn outcome_of(status: ExitStatus) -> CommandOutcome {
     match (status.code(), status.signal()) {
         (Some(code), _) => CommandOutcome::Exited(code),
         (None, Some(signal)) => CommandOutcome::Signaled(
-            Signal::try_from(signal).map(|s| s.as_str().to_string()).unwrap_or_else(|_| format!("SIG{signal}")),
+            Signal::try_from(signal)
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("SIG{signal}")),
         ),
         (None, None) => CommandOutcome::Exited(-1),
     }

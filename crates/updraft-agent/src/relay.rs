@@ -41,7 +41,12 @@ pub struct RelayExecutor {
 
 impl RelayExecutor {
     /// `client` is the job-token client of an accepted or acquired `job`.
-    pub fn new(client: JobClient, job: &Job, job_status_interval: Duration, grace: Duration) -> Self {
+    pub fn new(
+        client: JobClient,
+        job: &Job,
+        job_status_interval: Duration,
+        grace: Duration,
+    ) -> Self {
         RelayExecutor {
             client,
             options: DriveOptions::for_job(job, job_status_interval),

@@ -60,9 +60,15 @@ impl RunnerConfig {
 }
 
 /// The driver settings for a job: the server's numbers, with this config's limits.
-pub fn drive_options(job: &Job, job_status_interval: Duration, config: &RunnerConfig) -> DriveOptions {
+pub fn drive_options(
+    job: &Job,
+    job_status_interval: Duration,
+    config: &RunnerConfig,
+) -> DriveOptions {
     let mut options = DriveOptions::for_job(job, job_status_interval);
-    options.status_poll_interval = options.status_poll_interval.min(config.max_status_poll_interval);
+    options.status_poll_interval = options
+        .status_poll_interval
+        .min(config.max_status_poll_interval);
     options.upload_workers = config.upload_workers;
     options.output_drain_timeout = config.output_drain_timeout;
     options.ignore_agent_in_dispatches = config.ignore_agent_in_dispatches;
@@ -84,15 +90,23 @@ pub async fn run_local_job(
     let headers = client.server_headers().snapshot();
     let header_pairs: Vec<(String, String)> = headers
         .iter()
-        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+        })
         .collect();
     let env = job_environment(job, access_token, &job_dir, &header_pairs, config);
     let (reader, writer) = match output_pipe() {
         Ok(pipe) => pipe,
         Err(error) => {
             let why = format!("could not create the output pipe: {error}");
-            return drive(client, &options, tokio::io::empty(), async { CommandOutcome::FailedToStart(why) }, stop)
-                .await;
+            return drive(
+                client,
+                &options,
+                tokio::io::empty(),
+                async { CommandOutcome::FailedToStart(why) },
+                stop,
+            )
+            .await;
         }
     };
     let steps = run_phases(job, env, job_dir.clone(), config, writer, stop);
@@ -109,7 +123,15 @@ pub async fn run_local_job(
 
 /// A job id as a directory name: anything but letters, digits, `-` and `_` becomes `_`.
 fn sanitize(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The environment a job's steps run with (reference §2.2).
@@ -120,8 +142,15 @@ pub fn job_environment(
     server_headers: &[(String, String)],
     config: &RunnerConfig,
 ) -> BTreeMap<String, String> {
-    let withheld = |value: &str| config.withheld.iter().any(|s| !s.is_empty() && s.expose() == value);
-    let mut env: BTreeMap<String, String> = std::env::vars().filter(|(_, value)| !withheld(value)).collect();
+    let withheld = |value: &str| {
+        config
+            .withheld
+            .iter()
+            .any(|s| !s.is_empty() && s.expose() == value)
+    };
+    let mut env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(_, value)| !withheld(value))
+        .collect();
     env.extend(job.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let mut ignored = Vec::new();
     let mut set = |env: &mut BTreeMap<String, String>, key: &str, value: String| {
@@ -130,13 +159,37 @@ pub fn job_environment(
         }
         env.insert(key.to_string(), value);
     };
-    set(&mut env, "BUILDKITE_AGENT_ACCESS_TOKEN", access_token.expose().to_string());
-    set(&mut env, "BUILDKITE_AGENT_ENDPOINT", config.endpoint.clone());
-    set(&mut env, "BUILDKITE_AGENT_PID", std::process::id().to_string());
-    set(&mut env, "BUILDKITE_BUILD_PATH", config.build_path.display().to_string());
-    set(&mut env, "BUILDKITE_BUILD_CHECKOUT_PATH", job_dir.display().to_string());
+    set(
+        &mut env,
+        "BUILDKITE_AGENT_ACCESS_TOKEN",
+        access_token.expose().to_string(),
+    );
+    set(
+        &mut env,
+        "BUILDKITE_AGENT_ENDPOINT",
+        config.endpoint.clone(),
+    );
+    set(
+        &mut env,
+        "BUILDKITE_AGENT_PID",
+        std::process::id().to_string(),
+    );
+    set(
+        &mut env,
+        "BUILDKITE_BUILD_PATH",
+        config.build_path.display().to_string(),
+    );
+    set(
+        &mut env,
+        "BUILDKITE_BUILD_CHECKOUT_PATH",
+        job_dir.display().to_string(),
+    );
     if let Some(hooks) = &config.hooks_path {
-        set(&mut env, "BUILDKITE_HOOKS_PATH", hooks.display().to_string());
+        set(
+            &mut env,
+            "BUILDKITE_HOOKS_PATH",
+            hooks.display().to_string(),
+        );
     }
     let mut default = |key: &str, value: String| {
         env.entry(key.to_string()).or_insert(value);
@@ -148,11 +201,17 @@ pub fn job_environment(
     default("BUILDKITE_AGENT_ID", config.agent_id.clone());
     for tag in &config.tags {
         if let Some((key, value)) = tag.split_once('=') {
-            default(&format!("BUILDKITE_AGENT_META_DATA_{}", env_name(key)), value.to_string());
+            default(
+                &format!("BUILDKITE_AGENT_META_DATA_{}", env_name(key)),
+                value.to_string(),
+            );
         }
     }
     for (name, value) in server_headers {
-        env.insert(format!("BUILDKITE_REQUEST_HEADER_{}", env_name(name)), value.clone());
+        env.insert(
+            format!("BUILDKITE_REQUEST_HEADER_{}", env_name(name)),
+            value.clone(),
+        );
     }
     env.remove("BUILDKITE_AGENT_TOKEN");
     if !ignored.is_empty() {
@@ -162,7 +221,15 @@ pub fn job_environment(
 }
 
 fn env_name(raw: &str) -> String {
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -183,7 +250,13 @@ mod tests {
             r#"{"id":"j-1","env":{"BUILDKITE_AGENT_TOKEN":"bkct_never_shown","BUILDKITE_BUILD_PATH":"/elsewhere","FOO":"bar","BUILDKITE_AGENT_META_DATA_QUEUE":"server"}}"#,
         );
         let headers = vec![("buildkite-hint".to_string(), "h".to_string())];
-        let env = job_environment(&job, &Secret::new("bkaj_job"), Path::new("/builds/j-1"), &headers, &config);
+        let env = job_environment(
+            &job,
+            &Secret::new("bkaj_job"),
+            Path::new("/builds/j-1"),
+            &headers,
+            &config,
+        );
         assert_eq!(env["BUILDKITE_AGENT_ACCESS_TOKEN"], "bkaj_job");
         assert_eq!(env["BUILDKITE_BUILD_PATH"], "/builds");
         assert_eq!(env["BUILDKITE_BUILD_CHECKOUT_PATH"], "/builds/j-1");
@@ -200,13 +273,17 @@ mod tests {
     #[test]
     fn drive_options_cap_chunks_and_status_polling() {
         let config = RunnerConfig::new(PathBuf::from("/b"), "http://x/v3");
-        let big = job(r#"{"id":"j","chunks_max_size_bytes":104857600,"chunks_interval_seconds":0}"#);
+        let big =
+            job(r#"{"id":"j","chunks_max_size_bytes":104857600,"chunks_interval_seconds":0}"#);
         let options = drive_options(&big, Duration::from_secs(5), &config);
         assert_eq!(options.chunk_max, MAX_CHUNK_BYTES);
         assert_eq!(options.flush_interval, Duration::from_secs(1));
         assert_eq!(options.status_poll_interval, Duration::from_secs(1));
         let small = job(r#"{"id":"j","chunks_max_size_bytes":1024}"#);
-        assert_eq!(drive_options(&small, Duration::ZERO, &config).chunk_max, 1024);
+        assert_eq!(
+            drive_options(&small, Duration::ZERO, &config).chunk_max,
+            1024
+        );
     }
 
     #[test]

@@ -15,12 +15,24 @@ async fn a_cancelled_job_is_stopped_and_finished_as_canceled() {
     pipeline(&emulator, "slow", &["echo started; sleep 30; echo never"]);
     let job = build(&emulator, "slow")[0];
     let builds = tempfile::tempdir().unwrap();
-    let agent = tokio::spawn(run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()));
-    assert!(eventually(Duration::from_secs(10), || emulator.job_log(job).is_some_and(|l| l == b"started\n")).await);
+    let agent = tokio::spawn(run_agent(
+        one_shot(&emulator, builds.path(), job),
+        Shutdown::default(),
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .job_log(job)
+            .is_some_and(|l| l == b"started\n"))
+        .await
+    );
     let cancelled_at = Instant::now();
     emulator.cancel_job(job).unwrap();
     let run = agent.await.unwrap().unwrap();
-    assert!(cancelled_at.elapsed() < Duration::from_secs(2), "took {:?}", cancelled_at.elapsed());
+    assert!(
+        cancelled_at.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        cancelled_at.elapsed()
+    );
     let report = &run.jobs[0];
     assert_eq!(report.signal.as_deref(), Some("SIGTERM"));
     assert_eq!(report.signal_reason.as_deref(), Some("cancel"));
@@ -31,13 +43,22 @@ async fn a_cancelled_job_is_stopped_and_finished_as_canceled() {
 #[tokio::test]
 async fn a_command_ignoring_sigterm_is_killed_after_the_grace_period() {
     let emulator = emulator().await;
-    pipeline(&emulator, "stubborn", &["trap '' TERM; echo ready; sleep 30"]);
+    pipeline(
+        &emulator,
+        "stubborn",
+        &["trap '' TERM; echo ready; sleep 30"],
+    );
     let job = build(&emulator, "stubborn")[0];
     let builds = tempfile::tempdir().unwrap();
     let mut config = one_shot(&emulator, builds.path(), job);
     config.cancel_grace_period = Duration::from_millis(300);
     let agent = tokio::spawn(run_agent(config, Shutdown::default()));
-    assert!(eventually(Duration::from_secs(10), || emulator.job_log(job).is_some_and(|l| l == b"ready\n")).await);
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .job_log(job)
+            .is_some_and(|l| l == b"ready\n"))
+        .await
+    );
     emulator.cancel_job(job).unwrap();
     let run = agent.await.unwrap().unwrap();
     assert_eq!(run.jobs[0].signal.as_deref(), Some("SIGKILL"));
@@ -51,8 +72,16 @@ async fn an_immediate_shutdown_stops_the_job_with_agent_stop() {
     let job = build(&emulator, "interrupted")[0];
     let builds = tempfile::tempdir().unwrap();
     let shutdown = Shutdown::default();
-    let agent = tokio::spawn(run_agent(one_shot(&emulator, builds.path(), job), shutdown.clone()));
-    assert!(eventually(Duration::from_secs(10), || emulator.job_log(job).is_some_and(|l| !l.is_empty())).await);
+    let agent = tokio::spawn(run_agent(
+        one_shot(&emulator, builds.path(), job),
+        shutdown.clone(),
+    ));
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .job_log(job)
+            .is_some_and(|l| !l.is_empty()))
+        .await
+    );
     shutdown.immediate.cancel();
     let run = agent.await.unwrap().unwrap();
     assert_eq!(run.jobs[0].signal_reason.as_deref(), Some("agent_stop"));
@@ -108,14 +137,24 @@ async fn a_paused_pool_agent_takes_no_jobs_and_does_not_idle_out_until_resumed()
     let agent = tokio::spawn(run_agent(config, Shutdown::default()));
     let mut agent_id = None;
     while agent_id.is_none() {
-        agent_id = rest.list_agents().await.unwrap().first().map(|a| a.id.clone());
+        agent_id = rest
+            .list_agents()
+            .await
+            .unwrap()
+            .first()
+            .map(|a| a.id.clone());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let agent_id = agent_id.unwrap();
-    rest.pause_agent(&agent_id, Some("maintenance"), None).await.unwrap();
+    rest.pause_agent(&agent_id, Some("maintenance"), None)
+        .await
+        .unwrap();
     let job = build(&emulator, "paused")[0];
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!agent.is_finished(), "a paused agent must not stop on the idle timeout");
+    assert!(
+        !agent.is_finished(),
+        "a paused agent must not stop on the idle timeout"
+    );
     assert_eq!(emulator.job_state(job), Some(JobState::Scheduled));
     rest.resume_agent(&agent_id).await.unwrap();
     let run = agent.await.unwrap().unwrap();

@@ -39,19 +39,37 @@ fn chain_hook(name: &str) -> String {
 #[tokio::test]
 async fn every_hook_runs_in_order_and_exported_variables_carry_forward() {
     let emulator = emulator().await;
-    pipeline(&emulator, "all-hooks", &["echo \"command sees $CHAIN\"; exit 3"]);
+    pipeline(
+        &emulator,
+        "all-hooks",
+        &["echo \"command sees $CHAIN\"; exit 3"],
+    );
     let job = build(&emulator, "all-hooks")[0];
     let names = ["pre-checkout", "checkout", "post-checkout", "pre-command"];
-    let mut scripts: Vec<(String, String)> = names.iter().map(|n| (n.to_string(), chain_hook(n))).collect();
+    let mut scripts: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (n.to_string(), chain_hook(n)))
+        .collect();
     // The pipeline skips checkout; the environment hook turns it back on for the checkout hook.
-    scripts
-        .push(("environment".into(), format!("{}export BUILDKITE_SKIP_CHECKOUT=false\n", chain_hook("environment"))));
+    scripts.push((
+        "environment".into(),
+        format!(
+            "{}export BUILDKITE_SKIP_CHECKOUT=false\n",
+            chain_hook("environment")
+        ),
+    ));
     scripts.push((
         "post-command".into(),
         "echo \"post-command sees $CHAIN status=$BUILDKITE_COMMAND_EXIT_STATUS\"\n".into(),
     ));
-    scripts.push(("pre-exit".into(), "echo \"pre-exit sees $CHAIN status=$BUILDKITE_COMMAND_EXIT_STATUS\"\n".into()));
-    let borrowed: Vec<(&str, &str)> = scripts.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    scripts.push((
+        "pre-exit".into(),
+        "echo \"pre-exit sees $CHAIN status=$BUILDKITE_COMMAND_EXIT_STATUS\"\n".into(),
+    ));
+    let borrowed: Vec<(&str, &str)> = scripts
+        .iter()
+        .map(|(n, s)| (n.as_str(), s.as_str()))
+        .collect();
     let hooks = hooks_dir(&borrowed);
     let (run, log) = run_with_hooks(&emulator, job, hooks.path()).await;
     assert_eq!(run.jobs[0].exit_status, "3", "{log}");
@@ -67,10 +85,15 @@ async fn every_hook_runs_in_order_and_exported_variables_carry_forward() {
     ];
     let mut from = 0;
     for part in expected {
-        let at = log[from..].find(part).unwrap_or_else(|| panic!("{part:?} missing or out of order in:\n{log}"));
+        let at = log[from..]
+            .find(part)
+            .unwrap_or_else(|| panic!("{part:?} missing or out of order in:\n{log}"));
         from += at + part.len();
     }
-    assert!(!log.contains("Preparing working directory"), "the checkout hook replaces git: {log}");
+    assert!(
+        !log.contains("Preparing working directory"),
+        "the checkout hook replaces git: {log}"
+    );
     assert_eq!(emulator.job_state(job), Some(JobState::Failed));
 }
 
@@ -80,13 +103,25 @@ async fn a_command_hook_runs_instead_of_the_command() {
     pipeline(&emulator, "command-hook", &["echo the step command ran"]);
     let job = build(&emulator, "command-hook")[0];
     let hooks = hooks_dir(&[
-        ("command", "echo \"instead of: $BUILDKITE_COMMAND\"\nexit 6\n"),
-        ("post-command", "echo \"post-command status=$BUILDKITE_COMMAND_EXIT_STATUS\"\n"),
+        (
+            "command",
+            "echo \"instead of: $BUILDKITE_COMMAND\"\nexit 6\n",
+        ),
+        (
+            "post-command",
+            "echo \"post-command status=$BUILDKITE_COMMAND_EXIT_STATUS\"\n",
+        ),
     ]);
     let (run, log) = run_with_hooks(&emulator, job, hooks.path()).await;
     assert_eq!(run.jobs[0].exit_status, "6", "{log}");
-    assert!(log.contains("instead of: echo the step command ran\n"), "{log}");
-    assert!(!log.lines().any(|line| line == "the step command ran"), "{log}");
+    assert!(
+        log.contains("instead of: echo the step command ran\n"),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|line| line == "the step command ran"),
+        "{log}"
+    );
     assert!(log.contains("post-command status=6\n"), "{log}");
 }
 
@@ -98,13 +133,22 @@ async fn a_failing_pre_command_hook_fails_the_job_and_skips_to_pre_exit() {
     let hooks = hooks_dir(&[
         ("pre-command", "echo refusing\nexit 5\n"),
         ("post-command", "echo post-command ran\n"),
-        ("pre-exit", "echo \"pre-exit ran, command status=${BUILDKITE_COMMAND_EXIT_STATUS:-none}\"\n"),
+        (
+            "pre-exit",
+            "echo \"pre-exit ran, command status=${BUILDKITE_COMMAND_EXIT_STATUS:-none}\"\n",
+        ),
     ]);
     let (run, log) = run_with_hooks(&emulator, job, hooks.path()).await;
     assert_eq!(run.jobs[0].exit_status, "5", "{log}");
     assert!(log.contains("refusing\n"), "{log}");
-    assert!(!log.contains("command ran") && !log.contains("post-command ran"), "{log}");
-    assert!(log.ends_with("pre-exit ran, command status=none\n"), "{log}");
+    assert!(
+        !log.contains("command ran") && !log.contains("post-command ran"),
+        "{log}"
+    );
+    assert!(
+        log.ends_with("pre-exit ran, command status=none\n"),
+        "{log}"
+    );
     assert_eq!(emulator.job_state(job), Some(JobState::Failed));
 }
 
@@ -126,20 +170,35 @@ async fn pre_exit_runs_after_a_cancel_within_the_grace_period() {
     let job = build(&emulator, "cancel-pre-exit")[0];
     let hooks = hooks_dir(&[
         ("post-command", "echo post-command ran\n"),
-        ("pre-exit", "echo \"pre-exit after cancel, timed out: ${BUILDKITE_JOB_TIMED_OUT:-no}\"\n"),
+        (
+            "pre-exit",
+            "echo \"pre-exit after cancel, timed out: ${BUILDKITE_JOB_TIMED_OUT:-no}\"\n",
+        ),
     ]);
     let builds = tempfile::tempdir().unwrap();
     let mut config = one_shot(&emulator, builds.path(), job);
     config.hooks_path = Some(hooks.path().to_path_buf());
     config.cancel_grace_period = Duration::from_secs(10);
     let agent = tokio::spawn(run_agent(config, Shutdown::default()));
-    assert!(eventually(Duration::from_secs(10), || emulator.job_log(job).is_some_and(|l| l == b"started\n")).await);
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .job_log(job)
+            .is_some_and(|l| l == b"started\n"))
+        .await
+    );
     emulator.cancel_job(job).unwrap();
     let run = agent.await.unwrap().unwrap();
     let log = String::from_utf8(emulator.job_log(job).unwrap()).unwrap();
-    assert_eq!(run.jobs[0].signal_reason.as_deref(), Some("cancel"), "{log}");
+    assert_eq!(
+        run.jobs[0].signal_reason.as_deref(),
+        Some("cancel"),
+        "{log}"
+    );
     assert_eq!(run.jobs[0].signal.as_deref(), Some("SIGTERM"), "{log}");
-    assert!(log.ends_with("~~~ Running the pre-exit hook\npre-exit after cancel, timed out: no\n"), "{log}");
+    assert!(
+        log.ends_with("~~~ Running the pre-exit hook\npre-exit after cancel, timed out: no\n"),
+        "{log}"
+    );
     assert!(!log.contains("post-command ran"), "{log}");
     assert_eq!(emulator.job_state(job), Some(JobState::Canceled));
 }
@@ -147,7 +206,11 @@ async fn pre_exit_runs_after_a_cancel_within_the_grace_period() {
 #[tokio::test]
 async fn pre_exit_is_skipped_when_the_command_used_up_the_grace_period() {
     let emulator = emulator().await;
-    pipeline(&emulator, "no-grace-left", &["trap '' TERM; echo ready; sleep 30"]);
+    pipeline(
+        &emulator,
+        "no-grace-left",
+        &["trap '' TERM; echo ready; sleep 30"],
+    );
     let job = build(&emulator, "no-grace-left")[0];
     let hooks = hooks_dir(&[("pre-exit", "echo pre-exit ran\n")]);
     let builds = tempfile::tempdir().unwrap();
@@ -155,27 +218,44 @@ async fn pre_exit_is_skipped_when_the_command_used_up_the_grace_period() {
     config.hooks_path = Some(hooks.path().to_path_buf());
     config.cancel_grace_period = Duration::from_millis(300);
     let agent = tokio::spawn(run_agent(config, Shutdown::default()));
-    assert!(eventually(Duration::from_secs(10), || emulator.job_log(job).is_some_and(|l| l == b"ready\n")).await);
+    assert!(
+        eventually(Duration::from_secs(10), || emulator
+            .job_log(job)
+            .is_some_and(|l| l == b"ready\n"))
+        .await
+    );
     emulator.cancel_job(job).unwrap();
     let run = agent.await.unwrap().unwrap();
     let log = String::from_utf8(emulator.job_log(job).unwrap()).unwrap();
     assert_eq!(run.jobs[0].signal.as_deref(), Some("SIGKILL"), "{log}");
     assert!(!log.contains("pre-exit ran"), "{log}");
-    assert!(log.contains("Not running the pre-exit hook: the cancel grace period is used up"), "{log}");
+    assert!(
+        log.contains("Not running the pre-exit hook: the cancel grace period is used up"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
 async fn a_timed_out_job_shows_buildkite_job_timed_out_to_pre_exit() {
-    let emulator =
-        updraft_emulator::start(EmulatorConfig { minute: Duration::from_millis(300), ..EmulatorConfig::default() })
-            .await
-            .unwrap();
+    let emulator = updraft_emulator::start(EmulatorConfig {
+        minute: Duration::from_millis(300),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .unwrap();
     let yaml = "env:\n  BUILDKITE_SKIP_CHECKOUT: \"true\"\nsteps:\n  - command: \"echo started; sleep 30\"\n    timeout_in_minutes: 1\n";
     emulator.create_pipeline("times-out", yaml).unwrap();
     let job = build(&emulator, "times-out")[0];
-    let hooks = hooks_dir(&[("pre-exit", "echo \"timed out: ${BUILDKITE_JOB_TIMED_OUT:-no}\"\n")]);
+    let hooks = hooks_dir(&[(
+        "pre-exit",
+        "echo \"timed out: ${BUILDKITE_JOB_TIMED_OUT:-no}\"\n",
+    )]);
     let (run, log) = run_with_hooks(&emulator, job, hooks.path()).await;
-    assert_eq!(run.jobs[0].signal_reason.as_deref(), Some("cancel"), "{log}");
+    assert_eq!(
+        run.jobs[0].signal_reason.as_deref(),
+        Some("cancel"),
+        "{log}"
+    );
     assert!(log.ends_with("timed out: true\n"), "{log}");
     assert_eq!(emulator.job_state(job), Some(JobState::TimedOut));
 }

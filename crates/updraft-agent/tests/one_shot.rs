@@ -20,12 +20,20 @@ async fn a_job_runs_and_its_log_is_byte_identical() {
     pipeline(&emulator, "hello", &[script]);
     let job = build(&emulator, "hello")[0];
     let builds = tempfile::tempdir().unwrap();
-    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap();
+    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap();
     assert_eq!(run.jobs.len(), 1);
     assert_eq!(run.jobs[0].exit_status, "0");
     assert_eq!(emulator.job_state(job), Some(JobState::Passed));
-    assert_eq!(emulator.job_log(job).unwrap(), b"out 1\nerr 1\nno newline at the end");
-    assert!(std::fs::read_dir(builds.path()).unwrap().next().is_none(), "the job directory is removed");
+    assert_eq!(
+        emulator.job_log(job).unwrap(),
+        b"out 1\nerr 1\nno newline at the end"
+    );
+    assert!(
+        std::fs::read_dir(builds.path()).unwrap().next().is_none(),
+        "the job directory is removed"
+    );
 }
 
 #[tokio::test]
@@ -34,7 +42,9 @@ async fn a_failing_command_finishes_with_its_exit_status() {
     pipeline(&emulator, "fails", &["echo about to fail; exit 3"]);
     let job = build(&emulator, "fails")[0];
     let builds = tempfile::tempdir().unwrap();
-    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap();
+    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap();
     assert_eq!(run.last_exit_code(), Some(3));
     assert_eq!(emulator.job_state(job), Some(JobState::Failed));
     assert_eq!(emulator.job_timeline(job).unwrap()["exit_status"], 3);
@@ -47,8 +57,15 @@ async fn output_larger_than_a_chunk_is_split_and_reassembled() {
     pipeline(&emulator, "big", &["seq 1 500000 | head -c 3670016"]);
     let job = build(&emulator, "big")[0];
     let builds = tempfile::tempdir().unwrap();
-    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap();
-    let expected = Command::new("bash").arg("-c").arg("seq 1 500000 | head -c 3670016").output().unwrap().stdout;
+    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap();
+    let expected = Command::new("bash")
+        .arg("-c")
+        .arg("seq 1 500000 | head -c 3670016")
+        .output()
+        .unwrap()
+        .stdout;
     assert_eq!(emulator.job_log(job).unwrap(), expected);
     assert!(run.jobs[0].log.chunks >= 4, "{:?}", run.jobs[0].log);
     assert_eq!(run.jobs[0].log.chunks_failed, 0);
@@ -60,12 +77,22 @@ async fn acquiring_a_finished_job_is_refused_with_exit_code_27() {
     pipeline(&emulator, "twice", &["true"]);
     let job = build(&emulator, "twice")[0];
     let builds = tempfile::tempdir().unwrap();
-    run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap();
-    let error = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap_err();
-    assert!(matches!(error, AgentError::Acquire(AcquireError::Rejected { .. })), "{error:?}");
+    run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap();
+    let error = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AgentError::Acquire(AcquireError::Rejected { .. })),
+        "{error:?}"
+    );
     assert_eq!(error.exit_code(), 27);
     let text = error.to_string();
-    assert!(text.contains(&job.to_string()) && !text.contains('\n'), "{text}");
+    assert!(
+        text.contains(&job.to_string()) && !text.contains('\n'),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -79,7 +106,13 @@ async fn a_job_that_never_becomes_runnable_exits_28() {
     let mut config = one_shot(&emulator, builds.path(), behind_the_wait);
     config.retries.acquire.max_attempts = 2;
     let error = run_agent(config, Shutdown::default()).await.unwrap_err();
-    assert!(matches!(error, AgentError::Acquire(AcquireError::StillLocked { attempts: 2, .. })), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            AgentError::Acquire(AcquireError::StillLocked { attempts: 2, .. })
+        ),
+        "{error:?}"
+    );
     assert_eq!(error.exit_code(), 28);
 }
 
@@ -90,13 +123,21 @@ async fn wrong_token_and_unknown_job_give_one_line_errors() {
     let mut config = one_shot(&emulator, builds.path(), uuid::Uuid::new_v4());
     config.token = updraft_model::Secret::new("bkct_wrong_token_value");
     let error = run_agent(config, Shutdown::default()).await.unwrap_err();
-    assert!(matches!(error, AgentError::TokenRefused { .. }), "{error:?}");
+    assert!(
+        matches!(error, AgentError::TokenRefused { .. }),
+        "{error:?}"
+    );
     assert_eq!(error.exit_code(), 1);
     assert!(!error.to_string().contains("wrong_token_value"), "{error}");
     assert!(!error.to_string().contains('\n'));
 
     let unknown = uuid::Uuid::new_v4();
-    let error = run_agent(one_shot(&emulator, builds.path(), unknown), Shutdown::default()).await.unwrap_err();
+    let error = run_agent(
+        one_shot(&emulator, builds.path(), unknown),
+        Shutdown::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(error, AgentError::UnknownJob { .. }), "{error:?}");
     assert!(error.to_string().contains(&unknown.to_string()));
     assert_eq!(error.exit_code(), 1);
@@ -109,11 +150,16 @@ async fn steps_with_plugins_are_refused_naming_the_plugin() {
     emulator.create_pipeline("plugins", yaml).unwrap();
     let job = build(&emulator, "plugins")[0];
     let builds = tempfile::tempdir().unwrap();
-    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap();
+    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap();
     assert_eq!(run.jobs[0].exit_status, "-1");
     assert_eq!(run.jobs[0].signal_reason.as_deref(), Some("agent_refused"));
     let log = String::from_utf8(emulator.job_log(job).unwrap()).unwrap();
-    assert!(log.contains("docker#v5.12.0") && !log.contains("should not run"), "{log}");
+    assert!(
+        log.contains("docker#v5.12.0") && !log.contains("should not run"),
+        "{log}"
+    );
     assert_eq!(emulator.job_state(job), Some(JobState::Failed));
 }
 
@@ -127,9 +173,16 @@ async fn environment_and_pre_exit_hooks_run_around_the_command() {
     );
     let job = build(&emulator, "hooks")[0];
     let hooks = tempfile::tempdir().unwrap();
-    std::fs::write(hooks.path().join("environment"), "echo setting up\nexport GREETING=hello\n").unwrap();
-    std::fs::write(hooks.path().join("pre-exit"), "echo \"cleaning up after $BUILDKITE_COMMAND_EXIT_STATUS\"\n")
-        .unwrap();
+    std::fs::write(
+        hooks.path().join("environment"),
+        "echo setting up\nexport GREETING=hello\n",
+    )
+    .unwrap();
+    std::fs::write(
+        hooks.path().join("pre-exit"),
+        "echo \"cleaning up after $BUILDKITE_COMMAND_EXIT_STATUS\"\n",
+    )
+    .unwrap();
     let builds = tempfile::tempdir().unwrap();
     let mut config = one_shot(&emulator, builds.path(), job);
     config.hooks_path = Some(hooks.path().to_path_buf());
@@ -154,7 +207,9 @@ async fn a_failing_environment_hook_stops_the_job() {
     config.hooks_path = Some(hooks.path().to_path_buf());
     let run = run_agent(config, Shutdown::default()).await.unwrap();
     assert_eq!(run.jobs[0].exit_status, "4");
-    assert!(!String::from_utf8(emulator.job_log(job).unwrap()).unwrap().contains("command ran"));
+    assert!(!String::from_utf8(emulator.job_log(job).unwrap())
+        .unwrap()
+        .contains("command ran"));
 }
 
 fn git(dir: &std::path::Path, args: &[&str]) {
@@ -167,7 +222,11 @@ fn git(dir: &std::path::Path, args: &[&str]) {
         .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
         .output()
         .unwrap();
-    assert!(status.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 #[tokio::test]
@@ -176,7 +235,10 @@ async fn the_repository_is_checked_out_at_the_branch() {
     let bare = root.path().join("repo.git");
     let work = root.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
-    git(root.path(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    git(
+        root.path(),
+        &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()],
+    );
     git(&work, &["init", "-q", "-b", "main"]);
     std::fs::write(work.join("hello.txt"), "from the repository\n").unwrap();
     git(&work, &["add", "hello.txt"]);
@@ -184,8 +246,13 @@ async fn the_repository_is_checked_out_at_the_branch() {
     git(&work, &["push", "-q", bare.to_str().unwrap(), "main"]);
 
     let emulator = emulator().await;
-    let rest =
-        RestClient::new(&emulator.url(), &emulator.api_token(), &emulator.org(), ClientOptions::default()).unwrap();
+    let rest = RestClient::new(
+        &emulator.url(),
+        &emulator.api_token(),
+        &emulator.org(),
+        ClientOptions::default(),
+    )
+    .unwrap();
     let created = rest
         .create_pipeline(&CreatePipeline {
             name: "checkout".into(),
@@ -198,11 +265,16 @@ async fn the_repository_is_checked_out_at_the_branch() {
         .unwrap();
     let job = build(&emulator, &created.slug)[0];
     let builds = tempfile::tempdir().unwrap();
-    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default()).await.unwrap();
+    let run = run_agent(one_shot(&emulator, builds.path(), job), Shutdown::default())
+        .await
+        .unwrap();
     let log = String::from_utf8(emulator.job_log(job).unwrap()).unwrap();
     assert_eq!(run.jobs[0].exit_status, "0", "{log}");
     assert!(log.contains("~~~ Preparing working directory"), "{log}");
-    assert!(log.ends_with("$ cat hello.txt\nfrom the repository\n"), "{log}");
+    assert!(
+        log.ends_with("$ cat hello.txt\nfrom the repository\n"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -221,11 +293,19 @@ async fn a_graceful_shutdown_before_the_job_is_acquired_exits_cleanly() {
 async fn a_job_acquisition_token_registers_an_agent_for_that_one_job() {
     use updraft_buildkite::stacks::{RegisterStack, StacksClient};
     let emulator = emulator().await;
-    pipeline(&emulator, "jat", &["echo with a job acquisition token", "echo other"]);
+    pipeline(
+        &emulator,
+        "jat",
+        &["echo with a job acquisition token", "echo other"],
+    );
     let jobs = build(&emulator, "jat");
-    let stacks =
-        StacksClient::new(&emulator.agent_endpoint(), &emulator.agent_token(), "test-stack", ClientOptions::default())
-            .unwrap();
+    let stacks = StacksClient::new(
+        &emulator.agent_endpoint(),
+        &emulator.agent_token(),
+        "test-stack",
+        ClientOptions::default(),
+    )
+    .unwrap();
     stacks
         .register(&RegisterStack {
             key: "test-stack".into(),
@@ -235,16 +315,32 @@ async fn a_job_acquisition_token_registers_an_agent_for_that_one_job() {
         })
         .await
         .unwrap();
-    assert_eq!(stacks.batch_reserve(&jobs, None).await.unwrap().reserved.len(), 2);
-    let issued = stacks.issue_job_acquisition_tokens(&jobs[..1], Duration::from_secs(300)).await.unwrap();
-    let token = issued.job_acquisition_tokens[0].job_acquisition_token.clone();
+    assert_eq!(
+        stacks
+            .batch_reserve(&jobs, None)
+            .await
+            .unwrap()
+            .reserved
+            .len(),
+        2
+    );
+    let issued = stacks
+        .issue_job_acquisition_tokens(&jobs[..1], Duration::from_secs(300))
+        .await
+        .unwrap();
+    let token = issued.job_acquisition_tokens[0]
+        .job_acquisition_token
+        .clone();
 
     let builds = tempfile::tempdir().unwrap();
     let mut config = one_shot(&emulator, builds.path(), jobs[0]);
     config.token = token.clone();
     let run = run_agent(config, Shutdown::default()).await.unwrap();
     assert_eq!(run.jobs[0].exit_status, "0");
-    assert_eq!(emulator.job_log(jobs[0]).unwrap(), b"with a job acquisition token\n");
+    assert_eq!(
+        emulator.job_log(jobs[0]).unwrap(),
+        b"with a job acquisition token\n"
+    );
 
     // The same token cannot take another job.
     let mut config = one_shot(&emulator, builds.path(), jobs[1]);

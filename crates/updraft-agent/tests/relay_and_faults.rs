@@ -15,9 +15,16 @@ async fn relayed_output_and_exit_status_reach_the_job() {
     pipeline(&emulator, "relay", &["run elsewhere"]);
     let job = build(&emulator, "relay")[0];
     let (client, acquired) = acquire(&emulator, job).await;
-    let executor = RelayExecutor::new(client, &acquired, Duration::from_secs(1), Duration::from_secs(1));
+    let executor = RelayExecutor::new(
+        client,
+        &acquired,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     let (mut sandbox, output) = tokio::io::duplex(8 * 1024);
-    let expected: Vec<u8> = (0..200_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+    let expected: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("line {i}\n").into_bytes())
+        .collect();
     let written = expected.clone();
     let command = async move {
         sandbox.write_all(&written).await.unwrap();
@@ -36,7 +43,12 @@ async fn a_relayed_command_is_told_to_stop_when_the_job_is_cancelled() {
     pipeline(&emulator, "relay-cancel", &["run elsewhere"]);
     let job = build(&emulator, "relay-cancel")[0];
     let (client, acquired) = acquire(&emulator, job).await;
-    let executor = RelayExecutor::new(client, &acquired, Duration::from_secs(1), Duration::from_secs(5));
+    let executor = RelayExecutor::new(
+        client,
+        &acquired,
+        Duration::from_secs(1),
+        Duration::from_secs(5),
+    );
     let stop = executor.stop_switch();
     let (sandbox, output) = tokio::io::duplex(1024);
     let command = async move {
@@ -46,7 +58,11 @@ async fn a_relayed_command_is_told_to_stop_when_the_job_is_cancelled() {
         CommandOutcome::Signaled("SIGTERM".into())
     };
     let run = tokio::spawn(executor.run(output, command));
-    assert!(eventually(Duration::from_secs(5), || emulator.job_state(job) == Some(JobState::Running)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || emulator.job_state(job)
+            == Some(JobState::Running))
+        .await
+    );
     emulator.cancel_job(job).unwrap();
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.signal_reason.as_deref(), Some("cancel"));
@@ -59,10 +75,19 @@ async fn a_relayed_command_that_ignores_the_stop_is_finished_after_the_grace_per
     pipeline(&emulator, "relay-stuck", &["run elsewhere"]);
     let job = build(&emulator, "relay-stuck")[0];
     let (client, acquired) = acquire(&emulator, job).await;
-    let executor = RelayExecutor::new(client, &acquired, Duration::from_secs(1), Duration::from_millis(200));
+    let executor = RelayExecutor::new(
+        client,
+        &acquired,
+        Duration::from_secs(1),
+        Duration::from_millis(200),
+    );
     let (_sandbox, output) = tokio::io::duplex(1024);
     let run = tokio::spawn(executor.run(output, std::future::pending::<CommandOutcome>()));
-    assert!(eventually(Duration::from_secs(5), || emulator.job_state(job) == Some(JobState::Running)).await);
+    assert!(
+        eventually(Duration::from_secs(5), || emulator.job_state(job)
+            == Some(JobState::Running))
+        .await
+    );
     emulator.cancel_job(job).unwrap();
     let report = run.await.unwrap().unwrap();
     assert_eq!(report.signal.as_deref(), Some("SIGKILL"));
@@ -75,7 +100,10 @@ async fn jobs_finish_with_exact_logs_when_a_fifth_of_requests_fail() {
     let script = "for i in $(seq 1 20000); do echo \"line $i of the log\"; done";
     pipeline(&emulator, "faulty", &[script, script, script, script]);
     let jobs = build(&emulator, "faulty");
-    emulator.set_api_faults(ApiFaults { fraction: 0.2, seed: 42 });
+    emulator.set_api_faults(ApiFaults {
+        fraction: 0.2,
+        seed: 42,
+    });
     let builds = tempfile::tempdir().unwrap();
     let mut agents = Vec::new();
     for job in &jobs {
@@ -83,14 +111,19 @@ async fn jobs_finish_with_exact_logs_when_a_fifth_of_requests_fail() {
         config.retries.job_call.deadline = Duration::from_secs(120);
         agents.push(tokio::spawn(run_agent(config, Shutdown::default())));
     }
-    let expected: Vec<u8> = (1..=20000).flat_map(|i| format!("line {i} of the log\n").into_bytes()).collect();
+    let expected: Vec<u8> = (1..=20000)
+        .flat_map(|i| format!("line {i} of the log\n").into_bytes())
+        .collect();
     let mut chunks_sent = Vec::new();
     for agent in agents {
         let run = agent.await.unwrap().unwrap();
         assert_eq!(run.jobs[0].log.chunks_failed, 0);
         chunks_sent.push(run.jobs[0].log.chunks);
     }
-    emulator.set_api_faults(ApiFaults { fraction: 0.0, seed: 1 });
+    emulator.set_api_faults(ApiFaults {
+        fraction: 0.0,
+        seed: 1,
+    });
     for (job, sent) in jobs.into_iter().zip(chunks_sent) {
         assert_eq!(emulator.job_state(job), Some(JobState::Passed));
         assert_eq!(emulator.job_log(job).unwrap(), expected, "log of {job}");

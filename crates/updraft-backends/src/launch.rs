@@ -28,7 +28,9 @@ impl LaunchName {
     }
 
     pub fn job_id(&self) -> Uuid {
-        self.0[LAUNCH_PREFIX.len()..].parse().expect("a LaunchName always holds a uuid")
+        self.0[LAUNCH_PREFIX.len()..]
+            .parse()
+            .expect("a LaunchName always holds a uuid")
     }
 
     pub fn as_str(&self) -> &str {

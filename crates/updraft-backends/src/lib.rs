@@ -5,7 +5,7 @@
 pub mod launch;
 pub mod local;
 
-pub use launch::{LaunchName, LaunchPhase, LaunchSpec, LaunchStatus, LaunchOutcome};
+pub use launch::{LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus};
 
 use async_trait::async_trait;
 
@@ -13,13 +13,23 @@ use async_trait::async_trait;
 pub enum BackendError {
     /// The backend is full for now (e.g. the local concurrency cap); try again later.
     #[error("{backend}: at capacity ({detail})")]
-    AtCapacity { backend: &'static str, detail: String },
+    AtCapacity {
+        backend: &'static str,
+        detail: String,
+    },
     /// The spec cannot be launched as given; retrying will not help.
     #[error("{backend}: invalid launch {name}: {detail}")]
-    Invalid { backend: &'static str, name: String, detail: String },
+    Invalid {
+        backend: &'static str,
+        name: String,
+        detail: String,
+    },
     /// A passing failure talking to the platform.
     #[error("{backend}: {detail}")]
-    Unavailable { backend: &'static str, detail: String },
+    Unavailable {
+        backend: &'static str,
+        detail: String,
+    },
 }
 
 impl BackendError {

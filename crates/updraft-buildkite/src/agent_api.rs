@@ -4,10 +4,14 @@
 //! annotations). Server-sent `request_headers` (only `Buildkite-*`) are replayed on every
 //! later call of the session and its jobs. Each call retries as the reference says for it.
 
-use crate::http::{decode_json, path_segment, ApiClient, ApiError, AuthScheme, ClientOptions, RetryPolicy};
+use crate::http::{
+    decode_json, path_segment, ApiClient, ApiError, AuthScheme, ClientOptions, RetryPolicy,
+};
 use bytes::Bytes;
 use chrono::{SecondsFormat, Utc};
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, LOCATION};
+use reqwest::header::{
+    HeaderMap, HeaderName, HeaderValue, CONTENT_ENCODING, CONTENT_TYPE, LOCATION,
+};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -41,21 +45,37 @@ impl Default for AgentRetries {
             max_backoff: wait,
             deadline,
         };
-        let exponential = |attempts: u32, first: Duration, max: Duration, deadline: Duration| RetryPolicy {
-            max_attempts: attempts,
-            initial_backoff: first,
-            max_backoff: max,
-            deadline,
-        };
+        let exponential =
+            |attempts: u32, first: Duration, max: Duration, deadline: Duration| RetryPolicy {
+                max_attempts: attempts,
+                initial_backoff: first,
+                max_backoff: max,
+                deadline,
+            };
         AgentRetries {
             register: fixed(30, Duration::from_secs(10), Duration::from_secs(300)),
             connect: fixed(10, Duration::from_secs(5), Duration::from_secs(60)),
             heartbeat: fixed(10, Duration::from_secs(5), Duration::from_secs(60)),
             accept: fixed(30, Duration::from_secs(5), Duration::from_secs(150)),
-            job_call: exponential(12, Duration::from_millis(500), Duration::from_secs(30), Duration::from_secs(3600)),
-            chunk: exponential(12, Duration::from_millis(500), Duration::from_secs(30), Duration::from_secs(3600)),
+            job_call: exponential(
+                12,
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+                Duration::from_secs(3600),
+            ),
+            chunk: exponential(
+                12,
+                Duration::from_millis(500),
+                Duration::from_secs(30),
+                Duration::from_secs(3600),
+            ),
             disconnect: fixed(4, Duration::from_secs(1), Duration::from_secs(10)),
-            acquire: exponential(7, Duration::from_secs(1), Duration::from_secs(64), Duration::from_secs(330)),
+            acquire: exponential(
+                7,
+                Duration::from_secs(1),
+                Duration::from_secs(64),
+                Duration::from_secs(330),
+            ),
         }
     }
 }
@@ -246,12 +266,22 @@ impl Job {
     /// The script to run: `BUILDKITE_COMMAND`, else the step's `command`/`commands` (a list
     /// is joined with newlines, as the Go agent does).
     pub fn command(&self) -> Option<String> {
-        if let Some(command) = self.env.get("BUILDKITE_COMMAND").filter(|c| !c.trim().is_empty()) {
+        if let Some(command) = self
+            .env
+            .get("BUILDKITE_COMMAND")
+            .filter(|c| !c.trim().is_empty())
+        {
             return Some(command.clone());
         }
         let text = |value: &Value| match value {
             Value::String(s) => Some(s.clone()),
-            Value::Array(items) => Some(items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n")),
+            Value::Array(items) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
             _ => None,
         };
         self.step
@@ -269,8 +299,12 @@ impl Job {
             .env
             .get("BUILDKITE_PLUGINS")
             .filter(|raw| !raw.trim().is_empty())
-            .map(|raw| serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone())));
-        let value = from_env.or_else(|| self.step.plugins.clone()).unwrap_or(Value::Null);
+            .map(|raw| {
+                serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()))
+            });
+        let value = from_env
+            .or_else(|| self.step.plugins.clone())
+            .unwrap_or(Value::Null);
         plugin_names_of(&value)
     }
 }
@@ -281,7 +315,10 @@ fn plugin_names_of(value: &Value) -> Vec<String> {
         Value::Array(items) => items.iter().flat_map(plugin_names_of).collect(),
         Value::Object(map) => map.keys().cloned().collect(),
         Value::String(s) if s.trim().is_empty() || s.trim() == "null" => Vec::new(),
-        other => vec![other.as_str().map(str::to_string).unwrap_or_else(|| other.to_string())],
+        other => vec![other
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| other.to_string())],
     }
 }
 
@@ -355,7 +392,11 @@ pub enum AcquireError {
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineUploadError {
     #[error("pipeline upload {upload_id} was {state}: {message}")]
-    Refused { upload_id: String, state: String, message: String },
+    Refused {
+        upload_id: String,
+        state: String,
+        message: String,
+    },
     #[error("pipeline upload answered 202 with Location {location:?}, expected …/jobs/<job>/pipelines/{upload_id}")]
     BadLocation { location: String, upload_id: String },
     #[error(transparent)]
@@ -376,18 +417,29 @@ impl ServerHeaders {
             if !name.to_ascii_lowercase().starts_with("buildkite-") {
                 continue;
             }
-            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
                 (Ok(name), Ok(value)) => {
                     kept.insert(name, value);
                 }
-                _ => tracing::warn!(header = %name, "ignoring a server-sent header that is not a valid HTTP header"),
+                _ => {
+                    tracing::warn!(header = %name, "ignoring a server-sent header that is not a valid HTTP header")
+                }
             }
         }
-        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = kept;
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = kept;
     }
 
     pub fn snapshot(&self) -> HeaderMap {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn apply(&self, request: RequestBuilder) -> RequestBuilder {
@@ -405,9 +457,18 @@ pub async fn register(
     retries: AgentRetries,
 ) -> Result<(RegisterResponse, AgentSession), ApiError> {
     let client = ApiClient::new(endpoint, token, AuthScheme::Token, options)?;
-    let response = client.send_with(client.request(Method::POST, "register").json(request), &retries.register).await?;
+    let response = client
+        .send_with(
+            client.request(Method::POST, "register").json(request),
+            &retries.register,
+        )
+        .await?;
     let registered: RegisterResponse = decode_json(response).await?;
-    let base = registered.endpoint.as_deref().filter(|e| !e.trim().is_empty()).unwrap_or(endpoint);
+    let base = registered
+        .endpoint
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+        .unwrap_or(endpoint);
     let session_client = ApiClient::with_http(
         client.http().clone(),
         base,
@@ -417,7 +478,11 @@ pub async fn register(
     )?;
     let headers = ServerHeaders::default();
     headers.update(registered.request_headers.as_ref());
-    let session = AgentSession { client: Arc::new(RwLock::new(session_client)), headers, retries };
+    let session = AgentSession {
+        client: Arc::new(RwLock::new(session_client)),
+        headers,
+        retries,
+    };
     Ok((registered, session))
 }
 
@@ -433,12 +498,19 @@ pub struct AgentSession {
 impl AgentSession {
     /// A session from a session token obtained elsewhere (e.g. by an earlier register).
     pub fn new(client: ApiClient, retries: AgentRetries) -> Self {
-        AgentSession { client: Arc::new(RwLock::new(client)), headers: ServerHeaders::default(), retries }
+        AgentSession {
+            client: Arc::new(RwLock::new(client)),
+            headers: ServerHeaders::default(),
+            retries,
+        }
     }
 
     /// The client for the current endpoint.
     pub fn client(&self) -> ApiClient {
-        self.client.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.client
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     pub fn server_headers(&self) -> &ServerHeaders {
@@ -454,20 +526,37 @@ impl AgentSession {
     }
 
     pub async fn connect(&self) -> Result<(), ApiError> {
-        self.client().send_with(self.request(Method::POST, "connect"), &self.retries.connect).await.map(drop)
+        self.client()
+            .send_with(self.request(Method::POST, "connect"), &self.retries.connect)
+            .await
+            .map(drop)
     }
 
     pub async fn disconnect(&self) -> Result<(), ApiError> {
-        self.client().send_with(self.request(Method::POST, "disconnect"), &self.retries.disconnect).await.map(drop)
+        self.client()
+            .send_with(
+                self.request(Method::POST, "disconnect"),
+                &self.retries.disconnect,
+            )
+            .await
+            .map(drop)
     }
 
     /// One ping, no retries: the ping loop tries again at its next tick. Server headers in
     /// the answer replace ours.
     pub async fn ping(&self) -> Result<PingResponse, ApiError> {
-        let response = self.client().send_once(self.request(Method::GET, "ping")).await?;
+        let response = self
+            .client()
+            .send_once(self.request(Method::GET, "ping"))
+            .await?;
         let ping: PingResponse = decode_json(response).await?;
         self.headers.update(ping.request_headers.as_ref());
-        if let Some(endpoint) = ping.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+        if let Some(endpoint) = ping
+            .endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
             self.follow_endpoint(endpoint).await;
         }
         Ok(ping)
@@ -483,12 +572,23 @@ impl AgentSession {
             Ok(moved) => moved,
             Err(error) => return tracing::warn!(%error, "ignoring the endpoint the server sent"),
         };
-        match moved.send_once(self.headers.apply(moved.request(Method::GET, "ping"))).await {
+        match moved
+            .send_once(self.headers.apply(moved.request(Method::GET, "ping")))
+            .await
+        {
             Ok(_) => {
-                tracing::info!(endpoint = moved.base(), "switching to the endpoint the server sent");
-                *self.client.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = moved;
+                tracing::info!(
+                    endpoint = moved.base(),
+                    "switching to the endpoint the server sent"
+                );
+                *self
+                    .client
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = moved;
             }
-            Err(error) => tracing::warn!(%error, "the endpoint the server sent does not answer; staying"),
+            Err(error) => {
+                tracing::warn!(%error, "the endpoint the server sent does not answer; staying")
+            }
         }
     }
 
@@ -496,14 +596,20 @@ impl AgentSession {
         let body = serde_json::json!({ "sent_at": Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true) });
         let response = self
             .client()
-            .send_with(self.request(Method::POST, "heartbeat").json(&body), &self.retries.heartbeat)
+            .send_with(
+                self.request(Method::POST, "heartbeat").json(&body),
+                &self.retries.heartbeat,
+            )
             .await?;
         decode_json(response).await
     }
 
     pub async fn accept(&self, job_id: &str) -> Result<Job, ApiError> {
         let path = format!("jobs/{}/accept", path_segment(job_id));
-        let response = self.client().send_with(self.request(Method::PUT, &path), &self.retries.accept).await?;
+        let response = self
+            .client()
+            .send_with(self.request(Method::PUT, &path), &self.retries.accept)
+            .await?;
         decode_json(response).await
     }
 
@@ -530,17 +636,30 @@ impl AgentSession {
                     ApiError::Status { message, .. } => message.clone(),
                     other => other.to_string(),
                 };
-                return Err(AcquireError::Rejected { job_id: job_id.to_string(), message });
+                return Err(AcquireError::Rejected {
+                    job_id: job_id.to_string(),
+                    message,
+                });
             }
             if !(locked || error.is_retryable()) {
                 return Err(error.into());
             }
-            let wait = error.retry_after().unwrap_or_else(|| policy.backoff(attempt));
+            let wait = error
+                .retry_after()
+                .unwrap_or_else(|| policy.backoff(attempt));
             if attempt >= policy.max_attempts || started.elapsed() + wait > policy.deadline {
                 return Err(if locked {
-                    AcquireError::StillLocked { job_id: job_id.to_string(), attempts: attempt }
+                    AcquireError::StillLocked {
+                        job_id: job_id.to_string(),
+                        attempts: attempt,
+                    }
                 } else {
-                    ApiError::GaveUp { attempts: attempt, elapsed: started.elapsed(), last: Box::new(error) }.into()
+                    ApiError::GaveUp {
+                        attempts: attempt,
+                        elapsed: started.elapsed(),
+                        last: Box::new(error),
+                    }
+                    .into()
                 });
             }
             tracing::debug!(%error, attempt, wait_ms = wait.as_millis() as u64, "acquire will retry");
@@ -555,7 +674,12 @@ impl AgentSession {
             Some(token) => self.client().with_token(token, AuthScheme::Token)?,
             None => self.client(),
         };
-        Ok(JobClient { client, headers: self.headers.clone(), retries: self.retries.clone(), job_id: job.id.clone() })
+        Ok(JobClient {
+            client,
+            headers: self.headers.clone(),
+            retries: self.retries.clone(),
+            job_id: job.id.clone(),
+        })
     }
 }
 
@@ -571,7 +695,12 @@ pub struct JobClient {
 impl JobClient {
     /// A job client from a job token obtained elsewhere.
     pub fn new(client: ApiClient, job_id: &str, retries: AgentRetries) -> Self {
-        JobClient { client, headers: ServerHeaders::default(), retries, job_id: job_id.to_string() }
+        JobClient {
+            client,
+            headers: ServerHeaders::default(),
+            retries,
+            job_id: job_id.to_string(),
+        }
     }
 
     pub fn job_id(&self) -> &str {
@@ -591,23 +720,37 @@ impl JobClient {
     }
 
     fn request(&self, method: Method, rest: &str) -> RequestBuilder {
-        self.headers.apply(self.client.request(method, &self.path(rest)))
+        self.headers
+            .apply(self.client.request(method, &self.path(rest)))
     }
 
     pub async fn start(&self) -> Result<(), ApiError> {
         let body = serde_json::json!({ "started_at": Utc::now().to_rfc3339_opts(SecondsFormat::Nanos, true) });
-        self.client.send_with(self.request(Method::PUT, "start").json(&body), &self.retries.job_call).await.map(drop)
+        self.client
+            .send_with(
+                self.request(Method::PUT, "start").json(&body),
+                &self.retries.job_call,
+            )
+            .await
+            .map(drop)
     }
 
     /// Upload one gzipped chunk (raw body, `sequence`/`offset`/`size` in the query).
     pub async fn upload_chunk(&self, chunk: &LogChunk) -> Result<(), ApiError> {
         let request = self
             .request(Method::POST, "chunks")
-            .query(&[("sequence", chunk.sequence), ("offset", chunk.offset), ("size", chunk.size)])
+            .query(&[
+                ("sequence", chunk.sequence),
+                ("offset", chunk.offset),
+                ("size", chunk.size),
+            ])
             .header(CONTENT_TYPE, "text/plain")
             .header(CONTENT_ENCODING, "gzip")
             .body(chunk.gzipped.clone());
-        self.client.send_with(request, &self.retries.chunk).await.map(drop)
+        self.client
+            .send_with(request, &self.retries.chunk)
+            .await
+            .map(drop)
     }
 
     /// The job's state as the server sees it (one attempt: the caller polls).
@@ -622,16 +765,27 @@ impl JobClient {
     }
 
     pub async fn finish(&self, finish: &FinishRequest) -> Result<(), ApiError> {
-        self.client.send_with(self.request(Method::PUT, "finish").json(finish), &self.retries.job_call).await.map(drop)
+        self.client
+            .send_with(
+                self.request(Method::PUT, "finish").json(finish),
+                &self.retries.job_call,
+            )
+            .await
+            .map(drop)
     }
 
     pub async fn set_meta_data(&self, key: &str, value: &str) -> Result<(), ApiError> {
         if key.trim().is_empty() || value.trim().is_empty() {
-            return Err(ApiError::Config("meta-data key and value must not be empty or only whitespace".into()));
+            return Err(ApiError::Config(
+                "meta-data key and value must not be empty or only whitespace".into(),
+            ));
         }
         let body = serde_json::json!({ "key": key, "value": value });
         self.client
-            .send_with(self.request(Method::POST, "data/set").json(&body), &self.retries.job_call)
+            .send_with(
+                self.request(Method::POST, "data/set").json(&body),
+                &self.retries.job_call,
+            )
             .await
             .map(drop)
     }
@@ -642,12 +796,19 @@ impl JobClient {
     }
 
     /// `None` when the key is unset (404).
-    pub async fn get_meta_data(&self, scope: MetaDataScope, id: &str, key: &str) -> Result<Option<String>, ApiError> {
+    pub async fn get_meta_data(
+        &self,
+        scope: MetaDataScope,
+        id: &str,
+        key: &str,
+    ) -> Result<Option<String>, ApiError> {
         #[derive(Deserialize)]
         struct Got {
             value: String,
         }
-        let request = self.scoped(scope, id, "get").json(&serde_json::json!({ "key": key }));
+        let request = self
+            .scoped(scope, id, "get")
+            .json(&serde_json::json!({ "key": key }));
         match self.client.send_with(request, &self.retries.job_call).await {
             Ok(response) => Ok(Some(decode_json::<Got>(response).await?.value)),
             Err(error) if error.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
@@ -655,18 +816,35 @@ impl JobClient {
         }
     }
 
-    pub async fn meta_data_exists(&self, scope: MetaDataScope, id: &str, key: &str) -> Result<bool, ApiError> {
+    pub async fn meta_data_exists(
+        &self,
+        scope: MetaDataScope,
+        id: &str,
+        key: &str,
+    ) -> Result<bool, ApiError> {
         #[derive(Deserialize)]
         struct Exists {
             exists: bool,
         }
-        let request = self.scoped(scope, id, "exists").json(&serde_json::json!({ "key": key }));
-        let response = self.client.send_with(request, &self.retries.job_call).await?;
+        let request = self
+            .scoped(scope, id, "exists")
+            .json(&serde_json::json!({ "key": key }));
+        let response = self
+            .client
+            .send_with(request, &self.retries.job_call)
+            .await?;
         Ok(decode_json::<Exists>(response).await?.exists)
     }
 
-    pub async fn meta_data_keys(&self, scope: MetaDataScope, id: &str) -> Result<Vec<String>, ApiError> {
-        let response = self.client.send_with(self.scoped(scope, id, "keys"), &self.retries.job_call).await?;
+    pub async fn meta_data_keys(
+        &self,
+        scope: MetaDataScope,
+        id: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let response = self
+            .client
+            .send_with(self.scoped(scope, id, "keys"), &self.retries.job_call)
+            .await?;
         decode_json(response).await
     }
 
@@ -687,14 +865,25 @@ impl JobClient {
             .query(&[("async", "true")])
             .header("X-Buildkite-Backoff-Sequence", "1")
             .json(&body);
-        let response = self.client.send_with(request, &self.retries.job_call).await?;
+        let response = self
+            .client
+            .send_with(request, &self.retries.job_call)
+            .await?;
         if response.status() != StatusCode::ACCEPTED {
             return Ok(());
         }
-        let location = response.headers().get(LOCATION).and_then(|l| l.to_str().ok()).unwrap_or_default().to_string();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let expected_suffix = format!("jobs/{}/pipelines/{upload_id}", self.job_id);
         if !location.trim_end_matches('/').ends_with(&expected_suffix) {
-            return Err(PipelineUploadError::BadLocation { location, upload_id: upload_id.to_string() });
+            return Err(PipelineUploadError::BadLocation {
+                location,
+                upload_id: upload_id.to_string(),
+            });
         }
         let mut wait = wait_from(response.headers()).unwrap_or(Duration::from_secs(1));
         loop {
@@ -706,7 +895,10 @@ impl JobClient {
                 message: Option<String>,
             }
             let path = format!("pipelines/{}", path_segment(upload_id));
-            let response = self.client.send_with(self.request(Method::GET, &path), &self.retries.job_call).await?;
+            let response = self
+                .client
+                .send_with(self.request(Method::GET, &path), &self.retries.job_call)
+                .await?;
             let next_wait = wait_from(response.headers());
             let status: Status = decode_json(response).await?;
             match status.state.as_str() {
@@ -725,22 +917,41 @@ impl JobClient {
 
     pub async fn annotate(&self, annotation: &Annotation) -> Result<(), ApiError> {
         self.client
-            .send_with(self.request(Method::POST, "annotations").json(annotation), &self.retries.job_call)
+            .send_with(
+                self.request(Method::POST, "annotations").json(annotation),
+                &self.retries.job_call,
+            )
             .await
             .map(drop)
     }
 
-    pub async fn remove_annotation(&self, context: &str, scope: Option<&str>) -> Result<(), ApiError> {
-        let mut request = self.request(Method::DELETE, &format!("annotations/{}", path_segment(context)));
+    pub async fn remove_annotation(
+        &self,
+        context: &str,
+        scope: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let mut request = self.request(
+            Method::DELETE,
+            &format!("annotations/{}", path_segment(context)),
+        );
         if let Some(scope) = scope {
             request = request.query(&[("scope", scope)]);
         }
-        self.client.send_with(request, &self.retries.job_call).await.map(drop)
+        self.client
+            .send_with(request, &self.retries.job_call)
+            .await
+            .map(drop)
     }
 }
 
 fn wait_from(headers: &HeaderMap) -> Option<Duration> {
-    let secs = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse::<f64>().ok()?;
+    let secs = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
@@ -758,21 +969,43 @@ mod tests {
         assert_eq!(ping("{}"), PingAction::Idle);
         assert_eq!(ping(r#"{"action":"idle"}"#), PingAction::Idle);
         assert_eq!(ping(r#"{"action":"pause"}"#), PingAction::Pause);
-        assert_eq!(ping(r#"{"action":"disconnect","job":{"id":"j"}}"#), PingAction::Disconnect);
-        assert_eq!(ping(r#"{"job":{"id":"j-1"}}"#), PingAction::RunJob("j-1".into()));
+        assert_eq!(
+            ping(r#"{"action":"disconnect","job":{"id":"j"}}"#),
+            PingAction::Disconnect
+        );
+        assert_eq!(
+            ping(r#"{"job":{"id":"j-1"}}"#),
+            PingAction::RunJob("j-1".into())
+        );
     }
 
     #[test]
     fn command_comes_from_env_then_step() {
-        assert_eq!(job(r#"{"id":"j","env":{"BUILDKITE_COMMAND":"make"}}"#).command().as_deref(), Some("make"));
-        assert_eq!(job(r#"{"id":"j","step":{"command":["a","b"]}}"#).command().as_deref(), Some("a\nb"));
-        assert_eq!(job(r#"{"id":"j","step":{"commands":"c"}}"#).command().as_deref(), Some("c"));
+        assert_eq!(
+            job(r#"{"id":"j","env":{"BUILDKITE_COMMAND":"make"}}"#)
+                .command()
+                .as_deref(),
+            Some("make")
+        );
+        assert_eq!(
+            job(r#"{"id":"j","step":{"command":["a","b"]}}"#)
+                .command()
+                .as_deref(),
+            Some("a\nb")
+        );
+        assert_eq!(
+            job(r#"{"id":"j","step":{"commands":"c"}}"#)
+                .command()
+                .as_deref(),
+            Some("c")
+        );
         assert_eq!(job(r#"{"id":"j"}"#).command(), None);
     }
 
     #[test]
     fn plugins_are_named_from_env_or_step() {
-        let env = r#"{"id":"j","env":{"BUILDKITE_PLUGINS":"[{\"docker#v5.0.0\":{\"image\":\"x\"}}]"}}"#;
+        let env =
+            r#"{"id":"j","env":{"BUILDKITE_PLUGINS":"[{\"docker#v5.0.0\":{\"image\":\"x\"}}]"}}"#;
         assert_eq!(job(env).plugin_names(), vec!["docker#v5.0.0"]);
         let step = r#"{"id":"j","step":{"plugins":[{"a#v1":null},"b#v2"]}}"#;
         assert_eq!(job(step).plugin_names(), vec!["a#v1", "b#v2"]);
@@ -789,7 +1022,10 @@ mod tests {
     fn job_debug_hides_token_and_env_values() {
         let j = job(r#"{"id":"j","token":"bkaj_sekrit","env":{"DB_PASSWORD":"hunter2"}}"#);
         let shown = format!("{j:?}");
-        assert!(!shown.contains("sekrit") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("sekrit") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -49,38 +49,104 @@ pub enum EventKind {
 /// (kind, webhook event name, EventBridge detail-type)
 const KINDS: [(EventKind, Option<&str>, Option<&str>); 20] = [
     (EventKind::Ping, Some("ping"), None),
-    (EventKind::BuildScheduled, Some("build.scheduled"), Some("Build Created")),
-    (EventKind::BuildRunning, Some("build.running"), Some("Build Started")),
-    (EventKind::BuildFailing, Some("build.failing"), Some("Build Failing")),
+    (
+        EventKind::BuildScheduled,
+        Some("build.scheduled"),
+        Some("Build Created"),
+    ),
+    (
+        EventKind::BuildRunning,
+        Some("build.running"),
+        Some("Build Started"),
+    ),
+    (
+        EventKind::BuildFailing,
+        Some("build.failing"),
+        Some("Build Failing"),
+    ),
     (EventKind::BuildBlocked, None, Some("Build Blocked")),
-    (EventKind::BuildFinished, Some("build.finished"), Some("Build Finished")),
+    (
+        EventKind::BuildFinished,
+        Some("build.finished"),
+        Some("Build Finished"),
+    ),
     (EventKind::BuildSkipped, Some("build.skipped"), None),
-    (EventKind::JobScheduled, Some("job.scheduled"), Some("Job Scheduled")),
-    (EventKind::JobStarted, Some("job.started"), Some("Job Started")),
-    (EventKind::JobFinished, Some("job.finished"), Some("Job Finished")),
-    (EventKind::JobActivated, Some("job.activated"), Some("Job Activated")),
-    (EventKind::JobPromisedExitStatus, Some("job.promised_exit_status"), Some("Job Promised Exit Status")),
-    (EventKind::AgentConnected, Some("agent.connected"), Some("Agent Connected")),
+    (
+        EventKind::JobScheduled,
+        Some("job.scheduled"),
+        Some("Job Scheduled"),
+    ),
+    (
+        EventKind::JobStarted,
+        Some("job.started"),
+        Some("Job Started"),
+    ),
+    (
+        EventKind::JobFinished,
+        Some("job.finished"),
+        Some("Job Finished"),
+    ),
+    (
+        EventKind::JobActivated,
+        Some("job.activated"),
+        Some("Job Activated"),
+    ),
+    (
+        EventKind::JobPromisedExitStatus,
+        Some("job.promised_exit_status"),
+        Some("Job Promised Exit Status"),
+    ),
+    (
+        EventKind::AgentConnected,
+        Some("agent.connected"),
+        Some("Agent Connected"),
+    ),
     (EventKind::AgentLost, Some("agent.lost"), Some("Agent Lost")),
-    (EventKind::AgentDisconnected, Some("agent.disconnected"), Some("Agent Disconnected")),
-    (EventKind::AgentStopping, Some("agent.stopping"), Some("Agent Stopping")),
-    (EventKind::AgentStopped, Some("agent.stopped"), Some("Agent Stopped")),
-    (EventKind::AgentBlocked, Some("agent.blocked"), Some("Agent Blocked")),
+    (
+        EventKind::AgentDisconnected,
+        Some("agent.disconnected"),
+        Some("Agent Disconnected"),
+    ),
+    (
+        EventKind::AgentStopping,
+        Some("agent.stopping"),
+        Some("Agent Stopping"),
+    ),
+    (
+        EventKind::AgentStopped,
+        Some("agent.stopped"),
+        Some("Agent Stopped"),
+    ),
+    (
+        EventKind::AgentBlocked,
+        Some("agent.blocked"),
+        Some("Agent Blocked"),
+    ),
     (
         EventKind::ClusterTokenRegistrationBlocked,
         Some("cluster_token.registration_blocked"),
         Some("Cluster Token Registration Blocked"),
     ),
-    (EventKind::AuditEventLogged, None, Some("Audit Event Logged")),
+    (
+        EventKind::AuditEventLogged,
+        None,
+        Some("Audit Event Logged"),
+    ),
 ];
 
 impl EventKind {
     pub fn from_webhook(name: &str) -> Option<Self> {
-        KINDS.iter().find(|(_, webhook, _)| *webhook == Some(name)).map(|(kind, _, _)| *kind)
+        KINDS
+            .iter()
+            .find(|(_, webhook, _)| *webhook == Some(name))
+            .map(|(kind, _, _)| *kind)
     }
 
     pub fn from_detail_type(detail_type: &str) -> Option<Self> {
-        KINDS.iter().find(|(_, _, eb)| *eb == Some(detail_type)).map(|(kind, _, _)| *kind)
+        KINDS
+            .iter()
+            .find(|(_, _, eb)| *eb == Some(detail_type))
+            .map(|(kind, _, _)| *kind)
     }
 
     /// The webhook spelling where one exists, else the EventBridge one.
@@ -228,7 +294,10 @@ impl fmt::Debug for WebhookVerifier {
 
 impl WebhookVerifier {
     pub fn new(token: Secret) -> Self {
-        WebhookVerifier { token, replay_window: DEFAULT_REPLAY_WINDOW }
+        WebhookVerifier {
+            token,
+            replay_window: DEFAULT_REPLAY_WINDOW,
+        }
     }
 
     pub fn with_replay_window(mut self, window: Duration) -> Self {
@@ -238,7 +307,12 @@ impl WebhookVerifier {
 
     /// Accept when every credential present checks out (a request carrying both must pass
     /// both); refuse a request with none.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], now: DateTime<Utc>) -> Result<(), Rejection> {
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), Rejection> {
         let token = header_text(headers, TOKEN_HEADER, "X-Buildkite-Token")?;
         let signature = header_text(headers, SIGNATURE_HEADER, "X-Buildkite-Signature")?;
         if token.is_none() && signature.is_none() {
@@ -254,7 +328,10 @@ impl WebhookVerifier {
     }
 
     pub fn verify_token(&self, presented: &str) -> Result<(), Rejection> {
-        let equal: bool = presented.as_bytes().ct_eq(self.token.expose().as_bytes()).into();
+        let equal: bool = presented
+            .as_bytes()
+            .ct_eq(self.token.expose().as_bytes())
+            .into();
         if equal {
             Ok(())
         } else {
@@ -263,23 +340,36 @@ impl WebhookVerifier {
     }
 
     /// `timestamp=<unix>,signature=<hex HMAC-SHA256(token, "<timestamp>.<body>")>`.
-    pub fn verify_signature(&self, header: &str, body: &[u8], now: DateTime<Utc>) -> Result<(), Rejection> {
+    pub fn verify_signature(
+        &self,
+        header: &str,
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(), Rejection> {
         let (timestamp, signature_hex) = parse_signature_header(header)?;
         let window = self.replay_window.as_secs();
         let age = now.timestamp() - timestamp;
         if age > window as i64 {
-            return Err(Rejection::StaleSignature { age_secs: age, window_secs: window });
+            return Err(Rejection::StaleSignature {
+                age_secs: age,
+                window_secs: window,
+            });
         }
         if -age > window as i64 {
-            return Err(Rejection::FutureSignature { ahead_secs: -age, window_secs: window });
+            return Err(Rejection::FutureSignature {
+                ahead_secs: -age,
+                window_secs: window,
+            });
         }
-        let presented = hex::decode(signature_hex)
-            .map_err(|e| Rejection::MalformedSignature { detail: format!("signature is not hex ({e})") })?;
+        let presented = hex::decode(signature_hex).map_err(|e| Rejection::MalformedSignature {
+            detail: format!("signature is not hex ({e})"),
+        })?;
         let mut mac = self.mac();
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        mac.verify_slice(&presented).map_err(|_| Rejection::SignatureMismatch)
+        mac.verify_slice(&presented)
+            .map_err(|_| Rejection::SignatureMismatch)
     }
 
     /// The header value a sender with this token would attach (used by the emulator and tests).
@@ -288,39 +378,60 @@ impl WebhookVerifier {
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        format!("timestamp={timestamp},signature={}", hex::encode(mac.finalize().into_bytes()))
+        format!(
+            "timestamp={timestamp},signature={}",
+            hex::encode(mac.finalize().into_bytes())
+        )
     }
 
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length, so this cannot fail.
-        <Hmac<Sha256> as Mac>::new_from_slice(self.token.expose().as_bytes()).expect("HMAC accepts any key length")
+        <Hmac<Sha256> as Mac>::new_from_slice(self.token.expose().as_bytes())
+            .expect("HMAC accepts any key length")
     }
 }
 
-fn header_text<'h>(headers: &'h HeaderMap, name: &str, shown: &'static str) -> Result<Option<&'h str>, Rejection> {
+fn header_text<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    shown: &'static str,
+) -> Result<Option<&'h str>, Rejection> {
     match headers.get(name) {
         None => Ok(None),
-        Some(value) => {
-            value.to_str().map(|v| Some(v.trim())).map_err(|_| Rejection::UnreadableHeader { header: shown })
-        }
+        Some(value) => value
+            .to_str()
+            .map(|v| Some(v.trim()))
+            .map_err(|_| Rejection::UnreadableHeader { header: shown }),
     }
 }
 
 fn parse_signature_header(header: &str) -> Result<(i64, &str), Rejection> {
-    let malformed = |detail: &str| Rejection::MalformedSignature { detail: detail.to_string() };
+    let malformed = |detail: &str| Rejection::MalformedSignature {
+        detail: detail.to_string(),
+    };
     let mut timestamp = None;
     let mut signature = None;
     for part in header.split(',') {
-        let (key, value) = part.split_once('=').ok_or_else(|| malformed("a part has no '='"))?;
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| malformed("a part has no '='"))?;
         match key.trim() {
             "timestamp" => timestamp = Some(value.trim()),
             "signature" => signature = Some(value.trim()),
-            _ => return Err(malformed("unknown part (only timestamp and signature are allowed)")),
+            _ => {
+                return Err(malformed(
+                    "unknown part (only timestamp and signature are allowed)",
+                ))
+            }
         }
     }
     let timestamp = timestamp.ok_or_else(|| malformed("no timestamp"))?;
-    let timestamp = timestamp.parse::<i64>().map_err(|_| malformed("timestamp is not a whole number of seconds"))?;
-    let signature = signature.filter(|s| !s.is_empty()).ok_or_else(|| malformed("no signature"))?;
+    let timestamp = timestamp
+        .parse::<i64>()
+        .map_err(|_| malformed("timestamp is not a whole number of seconds"))?;
+    let signature = signature
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| malformed("no signature"))?;
     Ok((timestamp, signature))
 }
 
@@ -337,12 +448,18 @@ pub fn verify_and_parse_webhook(
 
 /// Parse a webhook whose credentials were already checked (or need none).
 pub fn parse_webhook(headers: &HeaderMap, body: &[u8]) -> Result<PushEvent, Rejection> {
-    let name = header_text(headers, EVENT_HEADER, "X-Buildkite-Event")?.ok_or(Rejection::MissingEventHeader)?;
-    let kind = EventKind::from_webhook(name).ok_or_else(|| Rejection::UnknownEvent { name: name.to_string() })?;
+    let name = header_text(headers, EVENT_HEADER, "X-Buildkite-Event")?
+        .ok_or(Rejection::MissingEventHeader)?;
+    let kind = EventKind::from_webhook(name).ok_or_else(|| Rejection::UnknownEvent {
+        name: name.to_string(),
+    })?;
     let root = json_object(body)?;
     if let Some(in_body) = root.get("event").and_then(Value::as_str) {
         if in_body != name {
-            return Err(Rejection::EventMismatch { header: name.to_string(), body: in_body.to_string() });
+            return Err(Rejection::EventMismatch {
+                header: name.to_string(),
+                body: in_body.to_string(),
+            });
         }
     }
     let job = match root.get("job").filter(|v| !v.is_null()) {
@@ -357,29 +474,50 @@ pub fn parse_webhook(headers: &HeaderMap, body: &[u8]) -> Result<PushEvent, Reje
         time: None,
         organization_slug: org_slug(&root),
         job,
-        build: root.get("build").filter(|v| !v.is_null()).map(|b| parse_build(b, "id")).transpose()?,
-        pipeline: root.get("pipeline").filter(|v| !v.is_null()).map(|p| parse_pipeline(p, "id")),
-        agent: root.get("agent").filter(|v| !v.is_null()).map(|a| parse_agent(a, "id")),
+        build: root
+            .get("build")
+            .filter(|v| !v.is_null())
+            .map(|b| parse_build(b, "id"))
+            .transpose()?,
+        pipeline: root
+            .get("pipeline")
+            .filter(|v| !v.is_null())
+            .map(|p| parse_pipeline(p, "id")),
+        agent: root
+            .get("agent")
+            .filter(|v| !v.is_null())
+            .map(|a| parse_agent(a, "id")),
     })
 }
 
 /// Parse an EventBridge envelope (as delivered by a rule target, or an SQS message body).
 pub fn parse_eventbridge(body: &[u8]) -> Result<PushEvent, Rejection> {
     let root = json_object(body)?;
-    let detail_type = str_field(&root, "detail-type", "detail-type")?
-        .ok_or_else(|| Rejection::MissingField { path: "detail-type".into() })?;
-    let kind = EventKind::from_detail_type(detail_type)
-        .ok_or_else(|| Rejection::UnknownEvent { name: detail_type.to_string() })?;
+    let detail_type =
+        str_field(&root, "detail-type", "detail-type")?.ok_or_else(|| Rejection::MissingField {
+            path: "detail-type".into(),
+        })?;
+    let kind = EventKind::from_detail_type(detail_type).ok_or_else(|| Rejection::UnknownEvent {
+        name: detail_type.to_string(),
+    })?;
     let detail = root
         .get("detail")
         .filter(|d| d.is_object())
-        .ok_or_else(|| Rejection::MissingField { path: "detail".into() })?;
+        .ok_or_else(|| Rejection::MissingField {
+            path: "detail".into(),
+        })?;
     let job = match detail.get("job").filter(|v| !v.is_null()) {
         Some(job) => Some(parse_job(job, "detail.job", "uuid")?),
-        None if kind.is_job_event() => return Err(Rejection::MissingField { path: "detail.job".into() }),
+        None if kind.is_job_event() => {
+            return Err(Rejection::MissingField {
+                path: "detail.job".into(),
+            })
+        }
         None => None,
     };
-    let time = str_field(&root, "time", "time")?.map(|t| parse_time("time", t)).transpose()?;
+    let time = str_field(&root, "time", "time")?
+        .map(|t| parse_time("time", t))
+        .transpose()?;
     Ok(PushEvent {
         kind,
         source: EventSource::EventBridge,
@@ -387,16 +525,27 @@ pub fn parse_eventbridge(body: &[u8]) -> Result<PushEvent, Rejection> {
         time,
         organization_slug: org_slug(detail),
         job,
-        build: detail.get("build").filter(|v| !v.is_null()).map(|b| parse_build(b, "uuid")).transpose()?,
-        pipeline: detail.get("pipeline").filter(|v| !v.is_null()).map(|p| parse_pipeline(p, "uuid")),
-        agent: detail.get("agent").filter(|v| !v.is_null()).map(|a| parse_agent(a, "uuid")),
+        build: detail
+            .get("build")
+            .filter(|v| !v.is_null())
+            .map(|b| parse_build(b, "uuid"))
+            .transpose()?,
+        pipeline: detail
+            .get("pipeline")
+            .filter(|v| !v.is_null())
+            .map(|p| parse_pipeline(p, "uuid")),
+        agent: detail
+            .get("agent")
+            .filter(|v| !v.is_null())
+            .map(|a| parse_agent(a, "uuid")),
     })
 }
 
 /// Parse either form, telling them apart by the envelope's `detail-type`.
 pub fn parse_any(headers: &HeaderMap, body: &[u8]) -> Result<PushEvent, Rejection> {
-    let looks_like_eventbridge =
-        serde_json::from_slice::<Value>(body).ok().is_some_and(|v| v.get("detail-type").is_some());
+    let looks_like_eventbridge = serde_json::from_slice::<Value>(body)
+        .ok()
+        .is_some_and(|v| v.get("detail-type").is_some());
     if looks_like_eventbridge {
         parse_eventbridge(body)
     } else {
@@ -405,11 +554,15 @@ pub fn parse_any(headers: &HeaderMap, body: &[u8]) -> Result<PushEvent, Rejectio
 }
 
 fn json_object(body: &[u8]) -> Result<Value, Rejection> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson { detail: e.to_string() })?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| Rejection::NotJson {
+        detail: e.to_string(),
+    })?;
     if value.is_object() {
         Ok(value)
     } else {
-        Err(Rejection::NotJson { detail: "the top level is not an object".into() })
+        Err(Rejection::NotJson {
+            detail: "the top level is not an object".into(),
+        })
     }
 }
 
@@ -417,9 +570,10 @@ fn str_field<'v>(object: &'v Value, key: &str, path: &str) -> Result<Option<&'v 
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => {
-            Err(Rejection::InvalidField { path: path.to_string(), detail: format!("expected a string, got {other}") })
-        }
+        Some(other) => Err(Rejection::InvalidField {
+            path: path.to_string(),
+            detail: format!("expected a string, got {other}"),
+        }),
     }
 }
 
@@ -432,16 +586,22 @@ fn int_field(object: &Value, key: &str, path: &str) -> Result<Option<i64>, Rejec
     let path = format!("{path}.{key}");
     match object.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| Rejection::InvalidField { path, detail: format!("expected a whole number, got {n}") }),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| Rejection::InvalidField {
+            path,
+            detail: format!("expected a whole number, got {n}"),
+        }),
         Some(Value::String(s)) => s
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| Rejection::InvalidField { path, detail: format!("expected a whole number, got {s:?}") }),
-        Some(other) => Err(Rejection::InvalidField { path, detail: format!("expected a whole number, got {other}") }),
+            .map_err(|_| Rejection::InvalidField {
+                path,
+                detail: format!("expected a whole number, got {s:?}"),
+            }),
+        Some(other) => Err(Rejection::InvalidField {
+            path,
+            detail: format!("expected a whole number, got {other}"),
+        }),
     }
 }
 
@@ -463,18 +623,24 @@ pub fn parse_time(path: &str, raw: &str) -> Result<DateTime<Utc>, Rejection> {
 
 fn time_field(object: &Value, key: &str, path: &str) -> Result<Option<DateTime<Utc>>, Rejection> {
     let path = format!("{path}.{key}");
-    str_field(object, key, &path)?.map(|raw| parse_time(&path, raw)).transpose()
+    str_field(object, key, &path)?
+        .map(|raw| parse_time(&path, raw))
+        .transpose()
 }
 
 fn parse_job(job: &Value, path: &str, id_key: &str) -> Result<JobInfo, Rejection> {
     let id = str_field(job, id_key, &format!("{path}.{id_key}"))?
         .filter(|id| !id.is_empty())
-        .ok_or_else(|| Rejection::MissingField { path: format!("{path}.{id_key}") })?
+        .ok_or_else(|| Rejection::MissingField {
+            path: format!("{path}.{id_key}"),
+        })?
         .to_string();
     let state = str_field(job, "state", &format!("{path}.state"))?
         .map(|s| {
-            s.parse::<JobState>()
-                .map_err(|e| Rejection::InvalidField { path: format!("{path}.state"), detail: e.to_string() })
+            s.parse::<JobState>().map_err(|e| Rejection::InvalidField {
+                path: format!("{path}.state"),
+                detail: e.to_string(),
+            })
         })
         .transpose()?;
     let rules_path = format!("{path}.agent_query_rules");
@@ -491,8 +657,10 @@ fn parse_job(job: &Value, path: &str, id_key: &str) -> Result<JobInfo, Rejection
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            QueryRules::parse(&rules_path, &raw)
-                .map_err(|e| Rejection::InvalidField { path: rules_path.clone(), detail: e.to_string() })?
+            QueryRules::parse(&rules_path, &raw).map_err(|e| Rejection::InvalidField {
+                path: rules_path.clone(),
+                detail: e.to_string(),
+            })?
         }
         Some(other) => {
             return Err(Rejection::InvalidField {
@@ -503,7 +671,9 @@ fn parse_job(job: &Value, path: &str, id_key: &str) -> Result<JobInfo, Rejection
     };
     // REST puts priority in `{"number": n}`; other payloads use a bare number.
     let priority = match job.get("priority") {
-        Some(object @ Value::Object(_)) => int_field(object, "number", &format!("{path}.priority"))?,
+        Some(object @ Value::Object(_)) => {
+            int_field(object, "number", &format!("{path}.priority"))?
+        }
         _ => int_field(job, "priority", path)?,
     };
     Ok(JobInfo {
@@ -543,7 +713,10 @@ fn lenient_str(object: &Value, key: &str) -> Option<String> {
 }
 
 fn parse_pipeline(pipeline: &Value, id_key: &str) -> PipelineInfo {
-    PipelineInfo { id: lenient_str(pipeline, id_key), slug: lenient_str(pipeline, "slug") }
+    PipelineInfo {
+        id: lenient_str(pipeline, id_key),
+        slug: lenient_str(pipeline, "slug"),
+    }
 }
 
 fn parse_agent(agent: &Value, id_key: &str) -> AgentInfo {
@@ -555,7 +728,9 @@ fn parse_agent(agent: &Value, id_key: &str) -> AgentInfo {
 }
 
 fn org_slug(parent: &Value) -> Option<String> {
-    parent.get("organization").and_then(|org| lenient_str(org, "slug"))
+    parent
+        .get("organization")
+        .and_then(|org| lenient_str(org, "slug"))
 }
 
 #[cfg(test)]
@@ -626,18 +801,31 @@ mod tests {
     #[test]
     fn webhook_job_scheduled_parses_into_a_push_event() {
         let body = webhook_body();
-        let event = parse_webhook(&headers(&[(EVENT_HEADER, "job.scheduled")]), body.as_bytes()).unwrap();
+        let event = parse_webhook(
+            &headers(&[(EVENT_HEADER, "job.scheduled")]),
+            body.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(event.kind, EventKind::JobScheduled);
         assert_eq!(event.source, EventSource::Webhook);
         let job = event.job.as_ref().unwrap();
         assert_eq!(job.id, JOB_ID);
         assert_eq!(job.state, Some(JobState::Scheduled));
-        assert_eq!(job.agent_query_rules.to_strings(), vec!["queue=linux", "docker=true"]);
+        assert_eq!(
+            job.agent_query_rules.to_strings(),
+            vec!["queue=linux", "docker=true"]
+        );
         assert_eq!(job.priority, Some(5));
         assert_eq!(job.label.as_deref(), Some(":rust: test"));
-        assert_eq!(job.runnable_at.unwrap().timestamp_millis(), 1_795_363_201_123);
+        assert_eq!(
+            job.runnable_at.unwrap().timestamp_millis(),
+            1_795_363_201_123
+        );
         assert_eq!(event.build.as_ref().unwrap().number, Some(42));
-        assert_eq!(event.pipeline.as_ref().unwrap().slug.as_deref(), Some("updraft"));
+        assert_eq!(
+            event.pipeline.as_ref().unwrap().slug.as_deref(),
+            Some("updraft")
+        );
     }
 
     #[test]
@@ -650,18 +838,33 @@ mod tests {
         assert_eq!(event.job_id(), Some(JOB_ID));
         let job = event.job.unwrap();
         assert_eq!(job.agent_query_rules.queue(), "linux");
-        assert_eq!(job.runnable_at, Some(Utc.with_ymd_and_hms(2026, 11, 22, 16, 0, 1).unwrap()));
+        assert_eq!(
+            job.runnable_at,
+            Some(Utc.with_ymd_and_hms(2026, 11, 22, 16, 0, 1).unwrap())
+        );
         assert_eq!(job.state, Some(JobState::Assigned));
         assert_eq!(event.build.unwrap().id.as_deref(), Some("b-1"));
     }
 
     #[test]
     fn webhook_and_eventbridge_names_map_to_the_same_kinds() {
-        assert_eq!(EventKind::from_webhook("build.running"), EventKind::from_detail_type("Build Started"));
-        assert_eq!(EventKind::from_webhook("job.finished"), Some(EventKind::JobFinished));
-        assert_eq!(EventKind::from_detail_type("Job Finished"), Some(EventKind::JobFinished));
+        assert_eq!(
+            EventKind::from_webhook("build.running"),
+            EventKind::from_detail_type("Build Started")
+        );
+        assert_eq!(
+            EventKind::from_webhook("job.finished"),
+            Some(EventKind::JobFinished)
+        );
+        assert_eq!(
+            EventKind::from_detail_type("Job Finished"),
+            Some(EventKind::JobFinished)
+        );
         assert_eq!(EventKind::JobFinished.to_string(), "job.finished");
-        assert_eq!(EventKind::AuditEventLogged.to_string(), "Audit Event Logged");
+        assert_eq!(
+            EventKind::AuditEventLogged.to_string(),
+            "Audit Event Logged"
+        );
         for (kind, webhook, eb) in KINDS {
             if let Some(name) = webhook {
                 assert_eq!(EventKind::from_webhook(name), Some(kind));
@@ -674,10 +877,21 @@ mod tests {
 
     #[test]
     fn parse_any_tells_the_two_forms_apart() {
-        let eb = parse_any(&HeaderMap::new(), eventbridge_body("Job Finished").as_bytes()).unwrap();
-        assert_eq!((eb.kind, eb.source), (EventKind::JobFinished, EventSource::EventBridge));
+        let eb = parse_any(
+            &HeaderMap::new(),
+            eventbridge_body("Job Finished").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            (eb.kind, eb.source),
+            (EventKind::JobFinished, EventSource::EventBridge)
+        );
         let body = webhook_body();
-        let wh = parse_any(&headers(&[(EVENT_HEADER, "job.scheduled")]), body.as_bytes()).unwrap();
+        let wh = parse_any(
+            &headers(&[(EVENT_HEADER, "job.scheduled")]),
+            body.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(wh.source, EventSource::Webhook);
     }
 
@@ -705,29 +919,66 @@ mod tests {
             parse_webhook(&h, b"{\"event\":\"job.scheduled\"}").unwrap_err(),
             Rejection::MissingField { path: "job".into() }
         );
-        let err = parse_webhook(&h, br#"{"job":{"id":"x","agent_query_rules":["linux"]}}"#).unwrap_err();
-        assert!(err.to_string().starts_with("job.agent_query_rules"), "{err}");
+        let err =
+            parse_webhook(&h, br#"{"job":{"id":"x","agent_query_rules":["linux"]}}"#).unwrap_err();
+        assert!(
+            err.to_string().starts_with("job.agent_query_rules"),
+            "{err}"
+        );
         let err = parse_webhook(&h, br#"{"job":{"id":"x","state":"flying"}}"#).unwrap_err();
-        assert!(err.to_string().contains("job.state") && err.to_string().contains("flying"), "{err}");
-        let err = parse_webhook(&h, br#"{"job":{"id":"x","runnable_at":"yesterday"}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("job.state") && err.to_string().contains("flying"),
+            "{err}"
+        );
+        let err =
+            parse_webhook(&h, br#"{"job":{"id":"x","runnable_at":"yesterday"}}"#).unwrap_err();
         assert!(err.to_string().contains("job.runnable_at"), "{err}");
         let err = parse_webhook(&h, br#"{"job":{"state":"scheduled"}}"#).unwrap_err();
-        assert_eq!(err, Rejection::MissingField { path: "job.id".into() });
-        let err = parse_eventbridge(br#"{"detail-type":"Job Scheduled","detail":{"job":{"id":"x"}}}"#).unwrap_err();
-        assert_eq!(err, Rejection::MissingField { path: "detail.job.uuid".into() });
-        assert!(matches!(parse_webhook(&h, b"[1]").unwrap_err(), Rejection::NotJson { .. }));
-        assert!(matches!(parse_webhook(&h, b"not json").unwrap_err(), Rejection::NotJson { .. }));
-        assert_eq!(parse_webhook(&HeaderMap::new(), b"{}").unwrap_err(), Rejection::MissingEventHeader);
+        assert_eq!(
+            err,
+            Rejection::MissingField {
+                path: "job.id".into()
+            }
+        );
+        let err =
+            parse_eventbridge(br#"{"detail-type":"Job Scheduled","detail":{"job":{"id":"x"}}}"#)
+                .unwrap_err();
+        assert_eq!(
+            err,
+            Rejection::MissingField {
+                path: "detail.job.uuid".into()
+            }
+        );
+        assert!(matches!(
+            parse_webhook(&h, b"[1]").unwrap_err(),
+            Rejection::NotJson { .. }
+        ));
+        assert!(matches!(
+            parse_webhook(&h, b"not json").unwrap_err(),
+            Rejection::NotJson { .. }
+        ));
+        assert_eq!(
+            parse_webhook(&HeaderMap::new(), b"{}").unwrap_err(),
+            Rejection::MissingEventHeader
+        );
         assert_eq!(
             parse_webhook(&headers(&[(EVENT_HEADER, "job.exploded")]), b"{}").unwrap_err(),
-            Rejection::UnknownEvent { name: "job.exploded".into() }
+            Rejection::UnknownEvent {
+                name: "job.exploded".into()
+            }
         );
         assert_eq!(
             parse_eventbridge(br#"{"detail-type":"Job Exploded","detail":{}}"#).unwrap_err(),
-            Rejection::UnknownEvent { name: "Job Exploded".into() }
+            Rejection::UnknownEvent {
+                name: "Job Exploded".into()
+            }
         );
         assert!(matches!(
-            parse_webhook(&headers(&[(EVENT_HEADER, "job.started")]), webhook_body().as_bytes()).unwrap_err(),
+            parse_webhook(
+                &headers(&[(EVENT_HEADER, "job.started")]),
+                webhook_body().as_bytes()
+            )
+            .unwrap_err(),
             Rejection::EventMismatch { .. }
         ));
     }
@@ -746,13 +997,29 @@ mod tests {
     fn token_must_match_exactly() {
         let v = verifier();
         let body = webhook_body();
-        assert!(v.verify(&headers(&[(TOKEN_HEADER, "whsec-correct-horse")]), body.as_bytes(), now()).is_ok());
+        assert!(v
+            .verify(
+                &headers(&[(TOKEN_HEADER, "whsec-correct-horse")]),
+                body.as_bytes(),
+                now()
+            )
+            .is_ok());
         assert_eq!(
-            v.verify(&headers(&[(TOKEN_HEADER, "whsec-correct-hors")]), body.as_bytes(), now()),
+            v.verify(
+                &headers(&[(TOKEN_HEADER, "whsec-correct-hors")]),
+                body.as_bytes(),
+                now()
+            ),
             Err(Rejection::TokenMismatch)
         );
-        assert_eq!(v.verify(&headers(&[(TOKEN_HEADER, "")]), body.as_bytes(), now()), Err(Rejection::TokenMismatch));
-        assert_eq!(v.verify(&HeaderMap::new(), body.as_bytes(), now()), Err(Rejection::MissingCredentials));
+        assert_eq!(
+            v.verify(&headers(&[(TOKEN_HEADER, "")]), body.as_bytes(), now()),
+            Err(Rejection::TokenMismatch)
+        );
+        assert_eq!(
+            v.verify(&HeaderMap::new(), body.as_bytes(), now()),
+            Err(Rejection::MissingCredentials)
+        );
     }
 
     #[test]
@@ -761,21 +1028,39 @@ mod tests {
         let body = webhook_body();
         let ts = now().timestamp() - 30;
         let good = v.sign(ts, body.as_bytes());
-        assert!(v.verify(&headers(&[(SIGNATURE_HEADER, &good)]), body.as_bytes(), now()).is_ok());
+        assert!(v
+            .verify(
+                &headers(&[(SIGNATURE_HEADER, &good)]),
+                body.as_bytes(),
+                now()
+            )
+            .is_ok());
         // Any change to the body or the timestamp breaks it.
         let tampered = body.replace("cargo test", "rm -rf /");
         assert_eq!(
-            v.verify(&headers(&[(SIGNATURE_HEADER, &good)]), tampered.as_bytes(), now()),
+            v.verify(
+                &headers(&[(SIGNATURE_HEADER, &good)]),
+                tampered.as_bytes(),
+                now()
+            ),
             Err(Rejection::SignatureMismatch)
         );
         let shifted = good.replace(&ts.to_string(), &(ts + 1).to_string());
         assert_eq!(
-            v.verify(&headers(&[(SIGNATURE_HEADER, &shifted)]), body.as_bytes(), now()),
+            v.verify(
+                &headers(&[(SIGNATURE_HEADER, &shifted)]),
+                body.as_bytes(),
+                now()
+            ),
             Err(Rejection::SignatureMismatch)
         );
         let other_key = WebhookVerifier::new(Secret::new("another")).sign(ts, body.as_bytes());
         assert_eq!(
-            v.verify(&headers(&[(SIGNATURE_HEADER, &other_key)]), body.as_bytes(), now()),
+            v.verify(
+                &headers(&[(SIGNATURE_HEADER, &other_key)]),
+                body.as_bytes(),
+                now()
+            ),
             Err(Rejection::SignatureMismatch)
         );
     }
@@ -798,7 +1083,10 @@ mod tests {
         let stale = v.sign(now().timestamp() - 301, body);
         assert_eq!(
             v.verify(&headers(&[(SIGNATURE_HEADER, &stale)]), body, now()),
-            Err(Rejection::StaleSignature { age_secs: 301, window_secs: 300 })
+            Err(Rejection::StaleSignature {
+                age_secs: 301,
+                window_secs: 300
+            })
         );
         let future = v.sign(now().timestamp() + 400, body);
         assert!(matches!(
@@ -806,7 +1094,9 @@ mod tests {
             Err(Rejection::FutureSignature { .. })
         ));
         let edge = v.sign(now().timestamp() - 300, body);
-        assert!(v.verify(&headers(&[(SIGNATURE_HEADER, &edge)]), body, now()).is_ok());
+        assert!(v
+            .verify(&headers(&[(SIGNATURE_HEADER, &edge)]), body, now())
+            .is_ok());
     }
 
     #[test]
@@ -820,7 +1110,9 @@ mod tests {
             ("timestamp=1795363200,garbage", "no '='"),
             ("timestamp=1795363200,signature=ab,extra=1", "unknown part"),
         ] {
-            let err = v.verify(&headers(&[(SIGNATURE_HEADER, header)]), b"{}", now()).unwrap_err();
+            let err = v
+                .verify(&headers(&[(SIGNATURE_HEADER, header)]), b"{}", now())
+                .unwrap_err();
             assert!(err.to_string().contains(expected), "{header}: {err}");
         }
     }
@@ -830,17 +1122,25 @@ mod tests {
         let v = verifier();
         let body = b"{}";
         let signature = v.sign(now().timestamp(), body);
-        let both_good = headers(&[(TOKEN_HEADER, "whsec-correct-horse"), (SIGNATURE_HEADER, &signature)]);
+        let both_good = headers(&[
+            (TOKEN_HEADER, "whsec-correct-horse"),
+            (SIGNATURE_HEADER, &signature),
+        ]);
         assert!(v.verify(&both_good, body, now()).is_ok());
         let bad_token = headers(&[(TOKEN_HEADER, "nope"), (SIGNATURE_HEADER, &signature)]);
-        assert_eq!(v.verify(&bad_token, body, now()), Err(Rejection::TokenMismatch));
+        assert_eq!(
+            v.verify(&bad_token, body, now()),
+            Err(Rejection::TokenMismatch)
+        );
     }
 
     #[test]
     fn rejections_and_debug_never_show_the_token() {
         let v = verifier();
         assert!(!format!("{v:?}").contains("correct-horse"));
-        let err = v.verify(&headers(&[(TOKEN_HEADER, "guess")]), b"{}", now()).unwrap_err();
+        let err = v
+            .verify(&headers(&[(TOKEN_HEADER, "guess")]), b"{}", now())
+            .unwrap_err();
         assert!(!err.to_string().contains("correct-horse"));
     }
 
@@ -848,8 +1148,19 @@ mod tests {
     fn verify_and_parse_checks_credentials_first() {
         let body = webhook_body();
         let h = headers(&[(EVENT_HEADER, "job.scheduled"), (TOKEN_HEADER, "wrong")]);
-        assert_eq!(verify_and_parse_webhook(&verifier(), &h, body.as_bytes(), now()), Err(Rejection::TokenMismatch));
-        let h = headers(&[(EVENT_HEADER, "job.scheduled"), (TOKEN_HEADER, "whsec-correct-horse")]);
-        assert_eq!(verify_and_parse_webhook(&verifier(), &h, body.as_bytes(), now()).unwrap().job_id(), Some(JOB_ID));
+        assert_eq!(
+            verify_and_parse_webhook(&verifier(), &h, body.as_bytes(), now()),
+            Err(Rejection::TokenMismatch)
+        );
+        let h = headers(&[
+            (EVENT_HEADER, "job.scheduled"),
+            (TOKEN_HEADER, "whsec-correct-horse"),
+        ]);
+        assert_eq!(
+            verify_and_parse_webhook(&verifier(), &h, body.as_bytes(), now())
+                .unwrap()
+                .job_id(),
+            Some(JOB_ID)
+        );
     }
 }

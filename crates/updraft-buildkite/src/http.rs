@@ -13,13 +13,21 @@ use std::time::{Duration, Instant};
 use updraft_model::Secret;
 
 pub fn user_agent() -> String {
-    format!("updraft/{} ({}; {})", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH)
+    format!(
+        "updraft/{} ({}; {})",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
 
 /// One path segment, percent-escaped, with `.` escaped as `%2E` as the Go agent does (a
 /// Rails server would otherwise read `a.json` as a format suffix; reference §1.1).
 pub fn path_segment(raw: &str) -> String {
-    url::form_urlencoded::byte_serialize(raw.as_bytes()).collect::<String>().replace('+', "%20").replace('.', "%2E")
+    url::form_urlencoded::byte_serialize(raw.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+        .replace('.', "%2E")
 }
 
 /// `Token` for the agent, Stacks and metrics APIs; `Bearer` for REST v2 (reference §1.2).
@@ -40,13 +48,18 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     pub fn none() -> Self {
-        RetryPolicy { max_attempts: 1, ..Self::default() }
+        RetryPolicy {
+            max_attempts: 1,
+            ..Self::default()
+        }
     }
 
     /// The wait before attempt `attempt + 1` (attempt counts from 1): exponential with full
     /// jitter in the upper half, so concurrent clients spread out without waiting for nothing.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self.initial_backoff.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let capped = exp.min(self.max_backoff);
         let half = capped / 2;
         half + rand::rng().random_range(Duration::ZERO..=half)
@@ -84,13 +97,31 @@ impl Default for ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{method} {path}: HTTP {status}: {message}")]
-    Status { method: Method, path: String, status: StatusCode, message: String, retry_after: Option<Duration> },
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        message: String,
+        retry_after: Option<Duration>,
+    },
     #[error("{method} {path}: {detail}")]
-    Network { method: Method, path: String, detail: String },
+    Network {
+        method: Method,
+        path: String,
+        detail: String,
+    },
     #[error("{method} {path}: response was not the JSON expected: {detail}")]
-    Decode { method: Method, path: String, detail: String },
+    Decode {
+        method: Method,
+        path: String,
+        detail: String,
+    },
     #[error("{last} (gave up after {attempts} attempts in {elapsed:?})")]
-    GaveUp { attempts: u32, elapsed: Duration, last: Box<ApiError> },
+    GaveUp {
+        attempts: u32,
+        elapsed: Duration,
+        last: Box<ApiError>,
+    },
     #[error("invalid client setting: {0}")]
     Config(String),
 }
@@ -116,7 +147,9 @@ impl ApiError {
     /// 429, 5xx and network errors are worth another try; every other 4xx is final.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ApiError::Status { status, .. } => *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error(),
+            ApiError::Status { status, .. } => {
+                *status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+            }
             ApiError::Network { .. } => true,
             ApiError::Decode { .. } | ApiError::GaveUp { .. } | ApiError::Config(_) => false,
         }
@@ -128,7 +161,11 @@ impl ApiError {
 fn server_wait(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
     let secs = |name: &str| headers.get(name)?.to_str().ok()?.trim().parse::<f64>().ok();
     secs(RETRY_AFTER.as_str())
-        .or_else(|| (status == StatusCode::TOO_MANY_REQUESTS).then(|| secs("ratelimit-reset")).flatten())
+        .or_else(|| {
+            (status == StatusCode::TOO_MANY_REQUESTS)
+                .then(|| secs("ratelimit-reset"))
+                .flatten()
+        })
         .filter(|s| s.is_finite() && *s >= 0.0)
         .map(Duration::from_secs_f64)
 }
@@ -144,12 +181,19 @@ pub struct ApiClient {
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
 impl ApiClient {
-    pub fn new(base: &str, token: &Secret, scheme: AuthScheme, options: ClientOptions) -> Result<Self, ApiError> {
+    pub fn new(
+        base: &str,
+        token: &Secret,
+        scheme: AuthScheme,
+        options: ClientOptions,
+    ) -> Result<Self, ApiError> {
         let http = reqwest::Client::builder()
             .user_agent(user_agent())
             .timeout(options.request_timeout)
@@ -172,28 +216,50 @@ impl ApiClient {
             AuthScheme::Token => "Token",
             AuthScheme::Bearer => "Bearer",
         };
-        let mut auth = HeaderValue::from_str(&format!("{prefix} {}", token.expose()))
-            .map_err(|_| ApiError::Config(format!("token {token} contains characters not allowed in a header")))?;
+        let mut auth =
+            HeaderValue::from_str(&format!("{prefix} {}", token.expose())).map_err(|_| {
+                ApiError::Config(format!(
+                    "token {token} contains characters not allowed in a header"
+                ))
+            })?;
         auth.set_sensitive(true);
         let base = base.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ApiError::Config(format!("endpoint {base:?} must start with http:// or https://")));
+            return Err(ApiError::Config(format!(
+                "endpoint {base:?} must start with http:// or https://"
+            )));
         }
-        Ok(ApiClient { http, base, auth, options })
+        Ok(ApiClient {
+            http,
+            base,
+            auth,
+            options,
+        })
     }
 
     /// The same credential and settings against another base URL (a server-sent endpoint).
     pub fn with_base(&self, base: &str) -> Result<Self, ApiError> {
         let trimmed = base.trim_end_matches('/');
         if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
-            return Err(ApiError::Config(format!("endpoint {trimmed:?} must start with http:// or https://")));
+            return Err(ApiError::Config(format!(
+                "endpoint {trimmed:?} must start with http:// or https://"
+            )));
         }
-        Ok(ApiClient { base: trimmed.to_string(), ..self.clone() })
+        Ok(ApiClient {
+            base: trimmed.to_string(),
+            ..self.clone()
+        })
     }
 
     /// The same endpoint and settings with another credential.
     pub fn with_token(&self, token: &Secret, scheme: AuthScheme) -> Result<Self, ApiError> {
-        Self::with_http(self.http.clone(), &self.base, token, scheme, self.options.clone())
+        Self::with_http(
+            self.http.clone(),
+            &self.base,
+            token,
+            scheme,
+            self.options.clone(),
+        )
     }
 
     pub fn base(&self) -> &str {
@@ -215,7 +281,9 @@ impl ApiClient {
     /// A request to `path` (relative to the base) with our auth header; add a body or query
     /// and hand it to `send`.
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, self.url(path)).header(AUTHORIZATION, self.auth.clone())
+        self.http
+            .request(method, self.url(path))
+            .header(AUTHORIZATION, self.auth.clone())
     }
 
     /// A request to an absolute URL the server handed us (a `Link` or `Location`). Our
@@ -223,23 +291,33 @@ impl ApiClient {
     pub fn request_url(&self, method: Method, url: &str) -> Result<RequestBuilder, ApiError> {
         let origin = |u: &str| url::Url::parse(u).ok().map(|u| u.origin());
         match (origin(url), origin(&self.base)) {
-            (Some(theirs), Some(ours)) if theirs == ours => {
-                Ok(self.http.request(method, url).header(AUTHORIZATION, self.auth.clone()))
-            }
-            _ => Err(ApiError::Config(format!("refusing to follow {url:?}: it is not on {}", self.base))),
+            (Some(theirs), Some(ours)) if theirs == ours => Ok(self
+                .http
+                .request(method, url)
+                .header(AUTHORIZATION, self.auth.clone())),
+            _ => Err(ApiError::Config(format!(
+                "refusing to follow {url:?}: it is not on {}",
+                self.base
+            ))),
         }
     }
 
     /// Send once and turn any non-2xx into `ApiError::Status` with the server's message.
     pub async fn send_once(&self, request: RequestBuilder) -> Result<Response, ApiError> {
-        let request = request.build().map_err(|e| ApiError::Config(e.without_url().to_string()))?;
+        let request = request
+            .build()
+            .map_err(|e| ApiError::Config(e.without_url().to_string()))?;
         let method = request.method().clone();
         let path = request.url().path().to_string();
-        let response = self.http.execute(request).await.map_err(|e| ApiError::Network {
-            method: method.clone(),
-            path: path.clone(),
-            detail: describe_reqwest_error(&e),
-        })?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| ApiError::Network {
+                method: method.clone(),
+                path: path.clone(),
+                detail: describe_reqwest_error(&e),
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
@@ -248,9 +326,19 @@ impl ApiClient {
         let body = response.text().await.unwrap_or_default();
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| body.chars().take(200).collect());
-        Err(ApiError::Status { method, path, status, message, retry_after })
+        Err(ApiError::Status {
+            method,
+            path,
+            status,
+            message,
+            retry_after,
+        })
     }
 
     /// Send with the client's retry policy.
@@ -259,14 +347,18 @@ impl ApiClient {
     }
 
     /// Send with an explicit retry policy. The request must be cloneable (no streaming body).
-    pub async fn send_with(&self, request: RequestBuilder, policy: &RetryPolicy) -> Result<Response, ApiError> {
+    pub async fn send_with(
+        &self,
+        request: RequestBuilder,
+        policy: &RetryPolicy,
+    ) -> Result<Response, ApiError> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let this = request
-                .try_clone()
-                .ok_or_else(|| ApiError::Config("a streaming request body cannot be retried".into()))?;
+            let this = request.try_clone().ok_or_else(|| {
+                ApiError::Config("a streaming request body cannot be retried".into())
+            })?;
             let error = match self.send_once(this).await {
                 Ok(response) => return Ok(response),
                 Err(error) => error,
@@ -274,13 +366,19 @@ impl ApiClient {
             if !error.is_retryable() {
                 return Err(error);
             }
-            let wait = error.retry_after().unwrap_or_else(|| policy.backoff(attempt));
+            let wait = error
+                .retry_after()
+                .unwrap_or_else(|| policy.backoff(attempt));
             let elapsed = started.elapsed();
             if attempt >= policy.max_attempts || elapsed + wait > policy.deadline {
                 return Err(if attempt == 1 {
                     error
                 } else {
-                    ApiError::GaveUp { attempts: attempt, elapsed, last: Box::new(error) }
+                    ApiError::GaveUp {
+                        attempts: attempt,
+                        elapsed,
+                        last: Box::new(error),
+                    }
                 });
             }
             tracing::debug!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying Buildkite request");
@@ -303,7 +401,11 @@ pub async fn decode_json<T: DeserializeOwned>(response: Response) -> Result<T, A
         path: path.clone(),
         detail: describe_reqwest_error(&e),
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode { method, path, detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode {
+        method,
+        path,
+        detail: e.to_string(),
+    })
 }
 
 /// reqwest's messages include the URL; ours carry the path already, and a URL may one day
@@ -351,10 +453,16 @@ mod tests {
     fn retry_after_and_ratelimit_reset_are_read() {
         let mut headers = HeaderMap::new();
         headers.insert("ratelimit-reset", HeaderValue::from_static("3"));
-        assert_eq!(server_wait(StatusCode::TOO_MANY_REQUESTS, &headers), Some(Duration::from_secs(3)));
+        assert_eq!(
+            server_wait(StatusCode::TOO_MANY_REQUESTS, &headers),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(server_wait(StatusCode::SERVICE_UNAVAILABLE, &headers), None);
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-        assert_eq!(server_wait(StatusCode::SERVICE_UNAVAILABLE, &headers), Some(Duration::from_secs(1)));
+        assert_eq!(
+            server_wait(StatusCode::SERVICE_UNAVAILABLE, &headers),
+            Some(Duration::from_secs(1))
+        );
     }
 
     #[test]
@@ -374,7 +482,10 @@ mod tests {
 
     #[test]
     fn path_segments_escape_dots_spaces_and_slashes() {
-        assert_eq!(path_segment("deploy.notes v1/x+y"), "deploy%2Enotes%20v1%2Fx%2By");
+        assert_eq!(
+            path_segment("deploy.notes v1/x+y"),
+            "deploy%2Enotes%20v1%2Fx%2By"
+        );
         assert_eq!(path_segment("0190f6a4-1c2d"), "0190f6a4-1c2d");
     }
 

@@ -5,8 +5,8 @@
 pub mod agent_api;
 pub mod events;
 pub mod http;
-pub mod rest;
 pub mod metrics;
+pub mod rest;
 pub mod stacks;
 
 pub use http::{ApiClient, ApiError, AuthScheme, ClientOptions, RetryPolicy};

@@ -141,7 +141,10 @@ pub struct Build {
 impl Build {
     /// Whether the build reached a state it will not leave.
     pub fn is_finished(&self) -> bool {
-        matches!(self.state.as_str(), "passed" | "failed" | "canceled" | "skipped" | "not_run")
+        matches!(
+            self.state.as_str(),
+            "passed" | "failed" | "canceled" | "skipped" | "not_run"
+        )
     }
 }
 
@@ -199,13 +202,23 @@ pub struct RestClient {
 
 impl RestClient {
     /// `base` is e.g. `https://api.buildkite.com` (a trailing `/v2` is accepted too).
-    pub fn new(base: &str, token: &Secret, org: &str, options: ClientOptions) -> Result<Self, ApiError> {
+    pub fn new(
+        base: &str,
+        token: &Secret,
+        org: &str,
+        options: ClientOptions,
+    ) -> Result<Self, ApiError> {
         let base = base.trim_end_matches('/');
         let base = base.strip_suffix("/v2").unwrap_or(base);
         if org.trim().is_empty() {
-            return Err(ApiError::Config("organization slug must not be empty".into()));
+            return Err(ApiError::Config(
+                "organization slug must not be empty".into(),
+            ));
         }
-        Ok(RestClient { client: ApiClient::new(base, token, AuthScheme::Bearer, options)?, org: org.to_string() })
+        Ok(RestClient {
+            client: ApiClient::new(base, token, AuthScheme::Bearer, options)?,
+            org: org.to_string(),
+        })
     }
 
     pub fn org(&self) -> &str {
@@ -221,11 +234,18 @@ impl RestClient {
     }
 
     fn build_path(&self, pipeline: &str, number: u64, rest: &str) -> String {
-        self.org_path(&format!("pipelines/{}/builds/{number}{rest}", path_segment(pipeline)))
+        self.org_path(&format!(
+            "pipelines/{}/builds/{number}{rest}",
+            path_segment(pipeline)
+        ))
     }
 
     fn job_path(&self, pipeline: &str, number: u64, job_id: &str, rest: &str) -> String {
-        self.build_path(pipeline, number, &format!("/jobs/{}{rest}", path_segment(job_id)))
+        self.build_path(
+            pipeline,
+            number,
+            &format!("/jobs/{}{rest}", path_segment(job_id)),
+        )
     }
 
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str) -> Result<T, ApiError> {
@@ -233,34 +253,55 @@ impl RestClient {
     }
 
     pub async fn create_pipeline(&self, pipeline: &CreatePipeline) -> Result<Pipeline, ApiError> {
-        self.client.json(self.client.request(Method::POST, &self.org_path("pipelines")).json(pipeline)).await
+        self.client
+            .json(
+                self.client
+                    .request(Method::POST, &self.org_path("pipelines"))
+                    .json(pipeline),
+            )
+            .await
     }
 
     pub async fn get_pipeline(&self, slug: &str) -> Result<Pipeline, ApiError> {
-        self.call(Method::GET, &self.org_path(&format!("pipelines/{}", path_segment(slug)))).await
+        self.call(
+            Method::GET,
+            &self.org_path(&format!("pipelines/{}", path_segment(slug))),
+        )
+        .await
     }
 
-    pub async fn create_build(&self, pipeline: &str, build: &CreateBuild) -> Result<Build, ApiError> {
+    pub async fn create_build(
+        &self,
+        pipeline: &str,
+        build: &CreateBuild,
+    ) -> Result<Build, ApiError> {
         let path = self.org_path(&format!("pipelines/{}/builds", path_segment(pipeline)));
-        self.client.json(self.client.request(Method::POST, &path).json(build)).await
+        self.client
+            .json(self.client.request(Method::POST, &path).json(build))
+            .await
     }
 
     pub async fn get_build(&self, pipeline: &str, number: u64) -> Result<Build, ApiError> {
-        self.call(Method::GET, &self.build_path(pipeline, number, "")).await
+        self.call(Method::GET, &self.build_path(pipeline, number, ""))
+            .await
     }
 
     pub async fn cancel_build(&self, pipeline: &str, number: u64) -> Result<Build, ApiError> {
-        self.call(Method::PUT, &self.build_path(pipeline, number, "/cancel")).await
+        self.call(Method::PUT, &self.build_path(pipeline, number, "/cancel"))
+            .await
     }
 
     pub async fn rebuild(&self, pipeline: &str, number: u64) -> Result<Build, ApiError> {
-        self.call(Method::PUT, &self.build_path(pipeline, number, "/rebuild")).await
+        self.call(Method::PUT, &self.build_path(pipeline, number, "/rebuild"))
+            .await
     }
 
     /// Builds newest first, across pages.
     pub async fn list_builds(&self, filter: &BuildFilter) -> Result<Vec<Build>, ApiError> {
         let path = match &filter.pipeline {
-            Some(pipeline) => self.org_path(&format!("pipelines/{}/builds", path_segment(pipeline))),
+            Some(pipeline) => {
+                self.org_path(&format!("pipelines/{}/builds", path_segment(pipeline)))
+            }
             None => self.org_path("builds"),
         };
         let mut query: Vec<(&str, String)> = Vec::new();
@@ -269,17 +310,34 @@ impl RestClient {
         if let Some(commit) = &filter.commit {
             query.push(("commit", commit.clone()));
         }
-        query.push(("per_page", filter.per_page.unwrap_or(MAX_PER_PAGE).min(MAX_PER_PAGE).to_string()));
+        query.push((
+            "per_page",
+            filter
+                .per_page
+                .unwrap_or(MAX_PER_PAGE)
+                .min(MAX_PER_PAGE)
+                .to_string(),
+        ));
         let first = self.client.request(Method::GET, &path).query(&query);
-        self.collect_pages(first, filter.limit.unwrap_or(usize::MAX)).await
+        self.collect_pages(first, filter.limit.unwrap_or(usize::MAX))
+            .await
     }
 
     pub async fn get_job(&self, job_id: &str) -> Result<Job, ApiError> {
-        self.call(Method::GET, &self.org_path(&format!("jobs/{}", path_segment(job_id)))).await
+        self.call(
+            Method::GET,
+            &self.org_path(&format!("jobs/{}", path_segment(job_id))),
+        )
+        .await
     }
 
     /// A build's jobs, following the cursor pagination of this one endpoint.
-    pub async fn list_build_jobs(&self, pipeline: &str, number: u64, states: &[&str]) -> Result<Vec<Job>, ApiError> {
+    pub async fn list_build_jobs(
+        &self,
+        pipeline: &str,
+        number: u64,
+        states: &[&str],
+    ) -> Result<Vec<Job>, ApiError> {
         #[derive(Deserialize)]
         struct Links {
             #[serde(default)]
@@ -291,9 +349,13 @@ impl RestClient {
             #[serde(default)]
             links: Option<Links>,
         }
-        let mut query: Vec<(&str, String)> = states.iter().map(|s| ("state[]", s.to_string())).collect();
+        let mut query: Vec<(&str, String)> =
+            states.iter().map(|s| ("state[]", s.to_string())).collect();
         query.push(("per_page", MAX_PER_PAGE.to_string()));
-        let mut request = self.client.request(Method::GET, &self.build_path(pipeline, number, "/jobs")).query(&query);
+        let mut request = self
+            .client
+            .request(Method::GET, &self.build_path(pipeline, number, "/jobs"))
+            .query(&query);
         let mut jobs = Vec::new();
         for _ in 0..MAX_PAGES {
             let page: CursorPage = self.client.json(request).await?;
@@ -308,10 +370,18 @@ impl RestClient {
 
     /// The job's log text, byte for byte: asked for as plain text; a JSON answer's
     /// `content` is used if the server sends JSON anyway.
-    pub async fn job_log(&self, pipeline: &str, number: u64, job_id: &str) -> Result<Vec<u8>, ApiError> {
+    pub async fn job_log(
+        &self,
+        pipeline: &str,
+        number: u64,
+        job_id: &str,
+    ) -> Result<Vec<u8>, ApiError> {
         let request = self
             .client
-            .request(Method::GET, &self.job_path(pipeline, number, job_id, "/log"))
+            .request(
+                Method::GET,
+                &self.job_path(pipeline, number, job_id, "/log"),
+            )
             .header(ACCEPT, "text/plain");
         let response = self.client.send(request).await?;
         let is_json = content_type_is_json(response.headers());
@@ -342,29 +412,52 @@ impl RestClient {
         struct Env {
             env: BTreeMap<String, String>,
         }
-        let env: Env = self.call(Method::GET, &self.job_path(pipeline, number, job_id, "/env")).await?;
+        let env: Env = self
+            .call(
+                Method::GET,
+                &self.job_path(pipeline, number, job_id, "/env"),
+            )
+            .await?;
         Ok(env.env)
     }
 
-    pub async fn retry_job(&self, pipeline: &str, number: u64, job_id: &str) -> Result<Job, ApiError> {
-        self.call(Method::PUT, &self.job_path(pipeline, number, job_id, "/retry")).await
+    pub async fn retry_job(
+        &self,
+        pipeline: &str,
+        number: u64,
+        job_id: &str,
+    ) -> Result<Job, ApiError> {
+        self.call(
+            Method::PUT,
+            &self.job_path(pipeline, number, job_id, "/retry"),
+        )
+        .await
     }
 
     /// Connected and stopping agents (the API lists no others).
     pub async fn list_agents(&self) -> Result<Vec<Agent>, ApiError> {
-        let first =
-            self.client.request(Method::GET, &self.org_path("agents")).query(&[("per_page", MAX_PER_PAGE.to_string())]);
+        let first = self
+            .client
+            .request(Method::GET, &self.org_path("agents"))
+            .query(&[("per_page", MAX_PER_PAGE.to_string())]);
         self.collect_pages(first, usize::MAX).await
     }
 
     pub async fn get_agent(&self, agent_id: &str) -> Result<Agent, ApiError> {
-        self.call(Method::GET, &self.org_path(&format!("agents/{}", path_segment(agent_id)))).await
+        self.call(
+            Method::GET,
+            &self.org_path(&format!("agents/{}", path_segment(agent_id))),
+        )
+        .await
     }
 
     /// Stop an agent; `force` also cancels its running job.
     pub async fn stop_agent(&self, agent_id: &str, force: bool) -> Result<(), ApiError> {
         let path = self.org_path(&format!("agents/{}/stop", path_segment(agent_id)));
-        let request = self.client.request(Method::PUT, &path).json(&serde_json::json!({ "force": force }));
+        let request = self
+            .client
+            .request(Method::PUT, &path)
+            .json(&serde_json::json!({ "force": force }));
         self.client.send(request).await.map(drop)
     }
 
@@ -383,12 +476,18 @@ impl RestClient {
         if let Some(minutes) = timeout_in_minutes {
             body.insert("timeout_in_minutes".into(), minutes.into());
         }
-        self.client.send(self.client.request(Method::PUT, &path).json(&body)).await.map(drop)
+        self.client
+            .send(self.client.request(Method::PUT, &path).json(&body))
+            .await
+            .map(drop)
     }
 
     pub async fn resume_agent(&self, agent_id: &str) -> Result<(), ApiError> {
         let path = self.org_path(&format!("agents/{}/resume", path_segment(agent_id)));
-        self.client.send(self.client.request(Method::PUT, &path)).await.map(drop)
+        self.client
+            .send(self.client.request(Method::PUT, &path))
+            .await
+            .map(drop)
     }
 
     async fn collect_pages<T: DeserializeOwned>(
@@ -418,20 +517,28 @@ impl RestClient {
 }
 
 fn content_type_is_json(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"))
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"))
 }
 
 /// The `rel="next"` URL of a `Link` header (RFC 8288).
 pub fn next_link(headers: &HeaderMap) -> Option<String> {
-    headers.get_all(LINK).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(|part| {
-        let (target, params) = part.split_once(';')?;
-        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
-        let is_next = params.split(';').any(|param| {
-            let param = param.trim().replace(' ', "");
-            param == "rel=\"next\"" || param == "rel=next"
-        });
-        is_next.then(|| target.to_string())
-    })
+    headers
+        .get_all(LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|part| {
+            let (target, params) = part.split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let is_next = params.split(';').any(|param| {
+                let param = param.trim().replace(' ', "");
+                param == "rel=\"next\"" || param == "rel=next"
+            });
+            is_next.then(|| target.to_string())
+        })
 }
 
 #[cfg(test)]
@@ -448,16 +555,24 @@ mod tests {
                 r#"<https://api.buildkite.com/v2/builds?page=1>; rel="first", <https://api.buildkite.com/v2/builds?page=3>; rel="next""#,
             ),
         );
-        assert_eq!(next_link(&headers).as_deref(), Some("https://api.buildkite.com/v2/builds?page=3"));
-        headers.insert(LINK, HeaderValue::from_static(r#"<https://x/v2/builds?page=1>; rel="prev""#));
+        assert_eq!(
+            next_link(&headers).as_deref(),
+            Some("https://api.buildkite.com/v2/builds?page=3")
+        );
+        headers.insert(
+            LINK,
+            HeaderValue::from_static(r#"<https://x/v2/builds?page=1>; rel="prev""#),
+        );
         assert_eq!(next_link(&headers), None);
         assert_eq!(next_link(&HeaderMap::new()), None);
     }
 
     #[test]
     fn rest_jobs_decode_with_unknown_states() {
-        let job: Job =
-            serde_json::from_str(r#"{"id":"j","type":"script","state":"teleporting","exit_status":3}"#).unwrap();
+        let job: Job = serde_json::from_str(
+            r#"{"id":"j","type":"script","state":"teleporting","exit_status":3}"#,
+        )
+        .unwrap();
         assert_eq!(job.state(), None);
         assert_eq!(job.exit_status, Some(3));
         let job: Job = serde_json::from_str(r#"{"id":"j","state":"passed"}"#).unwrap();
@@ -466,19 +581,34 @@ mod tests {
 
     #[test]
     fn base_url_may_include_v2() {
-        let client =
-            RestClient::new("http://127.0.0.1:1/v2/", &Secret::new("bkua_x"), "acme", ClientOptions::default())
-                .unwrap();
+        let client = RestClient::new(
+            "http://127.0.0.1:1/v2/",
+            &Secret::new("bkua_x"),
+            "acme",
+            ClientOptions::default(),
+        )
+        .unwrap();
         assert_eq!(client.api().base(), "http://127.0.0.1:1");
         assert_eq!(client.org_path("builds"), "v2/organizations/acme/builds");
     }
 
     #[test]
     fn links_to_another_origin_are_not_followed_with_our_token() {
-        let client =
-            RestClient::new("http://127.0.0.1:1", &Secret::new("bkua_x"), "acme", ClientOptions::default()).unwrap();
-        assert!(client.api().request_url(Method::GET, "http://127.0.0.1:1/v2/builds?page=2").is_ok());
-        let err = client.api().request_url(Method::GET, "http://evil.example/v2/builds?page=2").unwrap_err();
+        let client = RestClient::new(
+            "http://127.0.0.1:1",
+            &Secret::new("bkua_x"),
+            "acme",
+            ClientOptions::default(),
+        )
+        .unwrap();
+        assert!(client
+            .api()
+            .request_url(Method::GET, "http://127.0.0.1:1/v2/builds?page=2")
+            .is_ok());
+        let err = client
+            .api()
+            .request_url(Method::GET, "http://evil.example/v2/builds?page=2")
+            .unwrap_err();
         assert!(err.to_string().contains("evil.example"));
     }
 }

@@ -6,17 +6,20 @@ use flate2::write::GzEncoder;
 use flate2::Compression;
 use std::io::Write;
 use updraft_buildkite::agent_api::{
-    register, AcquireError, AgentRetries, AgentSession, Annotation, FinishRequest, LogChunk, MetaDataScope, PingAction,
-    RegisterRequest,
+    register, AcquireError, AgentRetries, AgentSession, Annotation, FinishRequest, LogChunk,
+    MetaDataScope, PingAction, RegisterRequest,
 };
 use updraft_buildkite::rest::{BuildFilter, CreateBuild, RestClient};
 use updraft_buildkite::{ClientOptions, Secret};
 use updraft_emulator::{EmulatorConfig, EmulatorHandle, JobState};
 
-const PIPELINE: &str = "env:\n  BUILDKITE_SKIP_CHECKOUT: \"true\"\nsteps:\n  - command: \"echo hi\"\n    key: hi\n";
+const PIPELINE: &str =
+    "env:\n  BUILDKITE_SKIP_CHECKOUT: \"true\"\nsteps:\n  - command: \"echo hi\"\n    key: hi\n";
 
 async fn emulator() -> EmulatorHandle {
-    updraft_emulator::start(EmulatorConfig::default()).await.unwrap()
+    updraft_emulator::start(EmulatorConfig::default())
+        .await
+        .unwrap()
 }
 
 async fn session(emulator: &EmulatorHandle, ignore_in_dispatches: bool) -> AgentSession {
@@ -60,22 +63,56 @@ async fn a_job_goes_through_ping_accept_start_chunks_and_finish() {
     let job = session.accept(&job_id.to_string()).await.unwrap();
     assert!(job.chunks_max_size_bytes > 0);
     assert_eq!(job.command().as_deref(), Some("echo hi"));
-    assert!(job.token.as_ref().is_some_and(|t| t.expose().starts_with("bkaj_")));
+    assert!(job
+        .token
+        .as_ref()
+        .is_some_and(|t| t.expose().starts_with("bkaj_")));
 
     let client = session.job_client(&job).unwrap();
     client.start().await.unwrap();
     assert_eq!(client.state().await.unwrap(), Some(JobState::Running));
     // Out of order, and one chunk sent twice: the stored log is still exact.
-    for (sequence, offset, text) in [(2u64, 6u64, &b"world\n"[..]), (1, 0, b"hello "), (2, 6, b"world\n")] {
-        let chunk = LogChunk { sequence, offset, size: text.len() as u64, gzipped: gzip(text) };
+    for (sequence, offset, text) in [
+        (2u64, 6u64, &b"world\n"[..]),
+        (1, 0, b"hello "),
+        (2, 6, b"world\n"),
+    ] {
+        let chunk = LogChunk {
+            sequence,
+            offset,
+            size: text.len() as u64,
+            gzipped: gzip(text),
+        };
         client.upload_chunk(&chunk).await.unwrap();
     }
     client.set_meta_data("release", "v1").await.unwrap();
     let build_id = job.env["BUILDKITE_BUILD_ID"].clone();
-    assert_eq!(client.get_meta_data(MetaDataScope::Build, &build_id, "release").await.unwrap().as_deref(), Some("v1"));
-    assert_eq!(client.get_meta_data(MetaDataScope::Build, &build_id, "absent").await.unwrap(), None);
-    assert!(client.meta_data_exists(MetaDataScope::Build, &build_id, "release").await.unwrap());
-    assert_eq!(client.meta_data_keys(MetaDataScope::Build, &build_id).await.unwrap(), vec!["release"]);
+    assert_eq!(
+        client
+            .get_meta_data(MetaDataScope::Build, &build_id, "release")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v1")
+    );
+    assert_eq!(
+        client
+            .get_meta_data(MetaDataScope::Build, &build_id, "absent")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(client
+        .meta_data_exists(MetaDataScope::Build, &build_id, "release")
+        .await
+        .unwrap());
+    assert_eq!(
+        client
+            .meta_data_keys(MetaDataScope::Build, &build_id)
+            .await
+            .unwrap(),
+        vec!["release"]
+    );
     assert!(client.set_meta_data(" ", "x").await.is_err());
     client
         .annotate(&Annotation {
@@ -86,9 +123,15 @@ async fn a_job_goes_through_ping_accept_start_chunks_and_finish() {
         })
         .await
         .unwrap();
-    client.remove_annotation("deploy.notes", None).await.unwrap();
+    client
+        .remove_annotation("deploy.notes", None)
+        .await
+        .unwrap();
     let pipeline = serde_json::json!({"steps": [{"command": "echo uploaded"}]});
-    client.upload_pipeline("7f1c5c1e-6a43-4d8e-9b43-3a0f2b9a1c10", &pipeline, false).await.unwrap();
+    client
+        .upload_pipeline("7f1c5c1e-6a43-4d8e-9b43-3a0f2b9a1c10", &pipeline, false)
+        .await
+        .unwrap();
 
     client
         .finish(&FinishRequest {
@@ -134,27 +177,55 @@ async fn acquire_maps_422_to_rejected_and_finishing_twice_is_refused() {
 async fn rest_lists_builds_across_pages_and_drives_builds_and_jobs() {
     let emulator = emulator().await;
     emulator.create_pipeline("rest", PIPELINE).unwrap();
-    let rest =
-        RestClient::new(&emulator.rest_endpoint(), &emulator.api_token(), &emulator.org(), ClientOptions::default())
-            .unwrap();
+    let rest = RestClient::new(
+        &emulator.rest_endpoint(),
+        &emulator.api_token(),
+        &emulator.org(),
+        ClientOptions::default(),
+    )
+    .unwrap();
     for _ in 0..5 {
         rest.create_build(
             "rest",
-            &CreateBuild { commit: "HEAD".into(), branch: "main".into(), ..CreateBuild::default() },
+            &CreateBuild {
+                commit: "HEAD".into(),
+                branch: "main".into(),
+                ..CreateBuild::default()
+            },
         )
         .await
         .unwrap();
     }
-    let filter = BuildFilter { pipeline: Some("rest".into()), per_page: Some(2), ..BuildFilter::default() };
+    let filter = BuildFilter {
+        pipeline: Some("rest".into()),
+        per_page: Some(2),
+        ..BuildFilter::default()
+    };
     let builds = rest.list_builds(&filter).await.unwrap();
-    assert_eq!(builds.iter().map(|b| b.number).collect::<Vec<_>>(), vec![5, 4, 3, 2, 1]);
-    let limited = rest.list_builds(&BuildFilter { limit: Some(3), ..filter.clone() }).await.unwrap();
+    assert_eq!(
+        builds.iter().map(|b| b.number).collect::<Vec<_>>(),
+        vec![5, 4, 3, 2, 1]
+    );
+    let limited = rest
+        .list_builds(&BuildFilter {
+            limit: Some(3),
+            ..filter.clone()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 3);
-    let running = BuildFilter { states: vec!["canceled".into()], ..filter.clone() };
+    let running = BuildFilter {
+        states: vec!["canceled".into()],
+        ..filter.clone()
+    };
     assert!(rest.list_builds(&running).await.unwrap().is_empty());
 
     let cancelled = rest.cancel_build("rest", 5).await.unwrap();
-    assert!(matches!(cancelled.state.as_str(), "canceled" | "canceling"), "{}", cancelled.state);
+    assert!(
+        matches!(cancelled.state.as_str(), "canceled" | "canceling"),
+        "{}",
+        cancelled.state
+    );
     let rebuilt = rest.rebuild("rest", 5).await.unwrap();
     assert_eq!(rebuilt.number, 6);
 
@@ -173,15 +244,23 @@ async fn rest_lists_builds_across_pages_and_drives_builds_and_jobs() {
 async fn rest_lists_gets_and_stops_agents() {
     let emulator = emulator().await;
     let session = session(&emulator, false).await;
-    let rest =
-        RestClient::new(&emulator.url(), &emulator.api_token(), &emulator.org(), ClientOptions::default()).unwrap();
+    let rest = RestClient::new(
+        &emulator.url(),
+        &emulator.api_token(),
+        &emulator.org(),
+        ClientOptions::default(),
+    )
+    .unwrap();
     let agents = rest.list_agents().await.unwrap();
     assert_eq!(agents.len(), 1);
     assert_eq!(agents[0].connection_state, "connected");
     let agent = rest.get_agent(&agents[0].id).await.unwrap();
     assert_eq!(agent.name, "client-test");
     rest.stop_agent(&agent.id, false).await.unwrap();
-    assert_eq!(session.ping().await.unwrap().action(), PingAction::Disconnect);
+    assert_eq!(
+        session.ping().await.unwrap().action(),
+        PingAction::Disconnect
+    );
 }
 
 #[tokio::test]
@@ -223,16 +302,31 @@ async fn build_jobs_follow_the_cursor_links() {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let rest = RestClient::new(&base, &Secret::new("bkua_t"), "acme", ClientOptions::default()).unwrap();
-    let jobs = rest.list_build_jobs("p", 1, &["passed", "failed"]).await.unwrap();
-    assert_eq!(jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+    let rest = RestClient::new(
+        &base,
+        &Secret::new("bkua_t"),
+        "acme",
+        ClientOptions::default(),
+    )
+    .unwrap();
+    let jobs = rest
+        .list_build_jobs("p", 1, &["passed", "failed"])
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
 }
 
 /// Serve `GET /v3/ping` with `body`; returns the `/v3` base URL.
 async fn ping_server(body: serde_json::Value) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}/v3", listener.local_addr().unwrap());
-    let app = axum::Router::new().route("/v3/ping", axum::routing::get(move || async move { axum::Json(body) }));
+    let app = axum::Router::new().route(
+        "/v3/ping",
+        axum::routing::get(move || async move { axum::Json(body) }),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     base
 }
@@ -262,5 +356,9 @@ async fn a_ping_naming_a_working_endpoint_moves_the_session_there() {
     .unwrap();
     let session = AgentSession::new(client, AgentRetries::fast());
     session.ping().await.unwrap();
-    assert_eq!(session.client().base(), dead_end, "an endpoint that does not answer is not followed");
+    assert_eq!(
+        session.client().base(),
+        dead_end,
+        "an endpoint that does not answer is not followed"
+    );
 }

@@ -122,7 +122,11 @@ impl JobState {
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            JobState::Assigned | JobState::Accepted | JobState::Running | JobState::Canceling | JobState::TimingOut
+            JobState::Assigned
+                | JobState::Accepted
+                | JobState::Running
+                | JobState::Canceling
+                | JobState::TimingOut
         )
     }
 }

@@ -22,7 +22,10 @@ fn split_pair<'a>(field: &str, raw: &'a str) -> Result<(&'a str, &'a str), RuleE
     })?;
     let key = key.trim();
     if key.is_empty() {
-        return Err(RuleError::EmptyKey { field: field.to_string(), value: raw.to_string() });
+        return Err(RuleError::EmptyKey {
+            field: field.to_string(),
+            value: raw.to_string(),
+        });
     }
     Ok((key, value.trim()))
 }
@@ -37,7 +40,10 @@ pub struct QueryRule {
 impl QueryRule {
     pub fn parse(field: &str, raw: &str) -> Result<Self, RuleError> {
         let (key, value) = split_pair(field, raw)?;
-        Ok(QueryRule { key: key.to_string(), value: value.to_string() })
+        Ok(QueryRule {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
     }
 
     /// `*` and an empty value match any agent that has the key; partial wildcards are not
@@ -68,12 +74,17 @@ impl QueryRules {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|r| r.key == key).map(|r| r.value.as_str())
+        self.0
+            .iter()
+            .find(|r| r.key == key)
+            .map(|r| r.value.as_str())
     }
 
     /// The queue this job targets; a job with no queue rule goes to the default queue.
     pub fn queue(&self) -> &str {
-        self.get("queue").filter(|q| !q.is_empty() && *q != "*").unwrap_or(DEFAULT_QUEUE)
+        self.get("queue")
+            .filter(|q| !q.is_empty() && *q != "*")
+            .unwrap_or(DEFAULT_QUEUE)
     }
 
     /// Whether an agent with `tags` may run a job with these rules. A job with no `queue`
@@ -125,14 +136,18 @@ impl AgentTags {
         raw.iter()
             .enumerate()
             .map(|(i, r)| {
-                split_pair(&format!("{field}[{i}]"), r.as_ref()).map(|(k, v)| (k.to_string(), v.to_string()))
+                split_pair(&format!("{field}[{i}]"), r.as_ref())
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()
             .map(AgentTags)
     }
 
     pub fn values<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.0.iter().filter(move |(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .filter(move |(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The agent's queue; an agent with no queue tag serves the default queue.
@@ -183,14 +198,20 @@ mod tests {
     #[test]
     fn malformed_rules_name_the_field() {
         let err = QueryRules::parse("steps[2].agents", &["queue"]).unwrap_err();
-        assert_eq!(err.to_string(), "steps[2].agents[0]: \"queue\" is not a key=value pair (expected e.g. \"queue=linux\")");
+        assert_eq!(
+            err.to_string(),
+            "steps[2].agents[0]: \"queue\" is not a key=value pair (expected e.g. \"queue=linux\")"
+        );
         assert!(AgentTags::parse("tags", &["=x"]).is_err());
     }
 
     #[test]
     fn serde_uses_plain_strings() {
         let parsed: QueryRules = serde_json::from_str(r#"["queue=a","x=*"]"#).unwrap();
-        assert_eq!(serde_json::to_string(&parsed).unwrap(), r#"["queue=a","x=*"]"#);
+        assert_eq!(
+            serde_json::to_string(&parsed).unwrap(),
+            r#"["queue=a","x=*"]"#
+        );
         assert!(serde_json::from_str::<QueryRules>(r#"["nope"]"#).is_err());
     }
 }

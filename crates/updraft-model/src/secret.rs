@@ -24,7 +24,9 @@ impl Secret {
     /// What logs may show: Buildkite's public token prefix (`bkaj_`, `bkct_`, …) if present.
     pub fn redacted(&self) -> String {
         match self.0.split_once('_') {
-            Some((prefix, _)) if prefix.len() <= 5 && prefix.chars().all(|c| c.is_ascii_alphabetic()) => {
+            Some((prefix, _))
+                if prefix.len() <= 5 && prefix.chars().all(|c| c.is_ascii_alphabetic()) =>
+            {
                 format!("{prefix}_[redacted]")
             }
             _ if self.0.is_empty() => "[empty]".to_string(),

@@ -36,18 +36,36 @@ async fn a_hundred_megabyte_log_is_relayed_exactly_in_bounded_memory() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let output = waiting.await.unwrap().unwrap();
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(output.status.success(), "{printed}");
     assert_no_token(&printed, &emulator);
     assert!(peak_kb > 0, "the agent's memory was never sampled");
     eprintln!("agent peak RSS: {peak_kb} kB");
-    assert!(peak_kb < RSS_LIMIT_KB, "agent peak RSS {peak_kb} kB is not under {RSS_LIMIT_KB} kB");
+    assert!(
+        peak_kb < RSS_LIMIT_KB,
+        "agent peak RSS {peak_kb} kB is not under {RSS_LIMIT_KB} kB"
+    );
 
-    let expected = std::process::Command::new("bash").arg("-c").arg(&script).output().unwrap().stdout;
+    let expected = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap()
+        .stdout;
     assert_eq!(expected.len(), LOG_BYTES);
     let stored = emulator.job_log(job).unwrap();
     assert_eq!(stored.len(), LOG_BYTES);
     let first_difference = stored.iter().zip(&expected).position(|(a, b)| a != b);
-    assert_eq!(first_difference, None, "the stored log differs from the output");
-    assert_eq!(emulator.job_state(job), Some(updraft_emulator::JobState::Passed));
+    assert_eq!(
+        first_difference, None,
+        "the stored log differs from the output"
+    );
+    assert_eq!(
+        emulator.job_state(job),
+        Some(updraft_emulator::JobState::Passed)
+    );
 }

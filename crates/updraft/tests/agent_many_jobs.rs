@@ -12,7 +12,10 @@ const PIPELINES: usize = 4;
 const STEPS: usize = 25;
 
 fn script(pipeline: usize, step: usize) -> String {
-    format!("echo \"pipeline {pipeline} step {step}\"; seq 1 {}; echo done >&2", 100 * (step + 1))
+    format!(
+        "echo \"pipeline {pipeline} step {step}\"; seq 1 {}; echo done >&2",
+        100 * (step + 1)
+    )
 }
 
 fn expected_log(pipeline: usize, step: usize) -> Vec<u8> {
@@ -32,7 +35,11 @@ async fn a_hundred_jobs_each_in_its_own_agent_process_all_pass_with_exact_logs()
     let mut jobs = Vec::new();
     for p in 0..PIPELINES {
         let slug = format!("many-{p}");
-        pipeline(&emulator, &slug, &(0..STEPS).map(|s| script(p, s)).collect::<Vec<_>>());
+        pipeline(
+            &emulator,
+            &slug,
+            &(0..STEPS).map(|s| script(p, s)).collect::<Vec<_>>(),
+        );
         let build = emulator.create_build(&slug).unwrap();
         assert_eq!(build.job_ids.len(), STEPS);
         for (s, job) in build.job_ids.iter().enumerate() {
@@ -45,7 +52,9 @@ async fn a_hundred_jobs_each_in_its_own_agent_process_all_pass_with_exact_logs()
     let mut running = Vec::new();
     for (_, _, job, _, _) in &jobs {
         let permit = slots.clone().acquire_owned().await.unwrap();
-        let child = agent_process(&emulator, builds_dir.path(), *job).spawn().unwrap();
+        let child = agent_process(&emulator, builds_dir.path(), *job)
+            .spawn()
+            .unwrap();
         running.push(tokio::spawn(async move {
             let output = child.wait_with_output().await.unwrap();
             drop(permit);
@@ -56,7 +65,11 @@ async fn a_hundred_jobs_each_in_its_own_agent_process_all_pass_with_exact_logs()
     for (task, (_, _, job, _, _)) in running.into_iter().zip(&jobs) {
         let output = task.await.unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "agent for {job} exited {:?}:\n{stderr}", output.status);
+        assert!(
+            output.status.success(),
+            "agent for {job} exited {:?}:\n{stderr}",
+            output.status
+        );
         printed.push_str(&String::from_utf8_lossy(&output.stdout));
         printed.push_str(&stderr);
     }
@@ -69,7 +82,16 @@ async fn a_hundred_jobs_each_in_its_own_agent_process_all_pass_with_exact_logs()
     for p in 0..PIPELINES {
         let build = rest.get_build(&format!("many-{p}"), 1).await.unwrap();
         assert_eq!(build.state, "passed");
-        assert!(build.jobs.iter().all(|j| j.state.as_deref() == Some("passed")));
+        assert!(build
+            .jobs
+            .iter()
+            .all(|j| j.state.as_deref() == Some("passed")));
     }
-    assert!(std::fs::read_dir(builds_dir.path()).unwrap().next().is_none(), "job directories are removed");
+    assert!(
+        std::fs::read_dir(builds_dir.path())
+            .unwrap()
+            .next()
+            .is_none(),
+        "job directories are removed"
+    );
 }

@@ -20,20 +20,32 @@ async fn cancelling_the_build_through_rest_stops_the_command_within_two_seconds(
     let rest = rest(&emulator);
     let pid_dir = tempfile::tempdir().unwrap();
     let pid_file = pid_dir.path().join("pid");
-    let script = format!("echo $$ > {}; echo running; sleep 60; echo not reached", pid_file.display());
+    let script = format!(
+        "echo $$ > {}; echo running; sleep 60; echo not reached",
+        pid_file.display()
+    );
     pipeline(&emulator, "cancel-me", &[script]);
     let build = emulator.create_build("cancel-me").unwrap();
     let job = build.job_ids[0];
     let builds = tempfile::tempdir().unwrap();
-    let child = agent_process(&emulator, builds.path(), job).spawn().unwrap();
+    let child = agent_process(&emulator, builds.path(), job)
+        .spawn()
+        .unwrap();
     let waiting = tokio::spawn(child.wait_with_output());
 
     let started = Instant::now();
     while emulator.job_log(job).is_none_or(|log| log != b"running\n") {
-        assert!(started.elapsed() < Duration::from_secs(20), "the job never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the job never started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let command_pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let command_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(process_alive(command_pid));
 
     let cancelled_at = Instant::now();
@@ -44,12 +56,20 @@ async fn cancelling_the_build_through_rest_stops_the_command_within_two_seconds(
             assert_eq!(job_now.signal_reason.as_deref(), Some("cancel"));
             break;
         }
-        assert!(cancelled_at.elapsed() < Duration::from_secs(2), "job still {:?} after 2 s", job_now.state);
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(2),
+            "job still {:?} after 2 s",
+            job_now.state
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!process_alive(command_pid), "the command is still running");
     let output = waiting.await.unwrap().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(emulator.job_log(job).unwrap(), b"running\n");
 }
 
@@ -63,8 +83,14 @@ async fn run_to_end(mut command: tokio::process::Command) -> (i32, String, Strin
 
 fn assert_one_line_error(stderr: &str, expected: &str) {
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("updraft agent: ") && last.contains(expected), "last line {last:?} of:\n{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        last.starts_with("updraft agent: ") && last.contains(expected),
+        "last line {last:?} of:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +109,8 @@ async fn refusals_give_one_line_errors_and_the_documented_exit_codes() {
     assert!(!stderr.contains("this_is_not_the_token"), "{stderr}");
     printed.push_str(&(stdout + &stderr));
 
-    let (code, stdout, stderr) = run_to_end(agent_process(&emulator, builds.path(), uuid_like())).await;
+    let (code, stdout, stderr) =
+        run_to_end(agent_process(&emulator, builds.path(), uuid_like())).await;
     assert_eq!(code, 1);
     assert_one_line_error(&stderr, "was not found");
     printed.push_str(&(stdout + &stderr));
@@ -126,12 +153,26 @@ async fn bad_flags_are_explained_in_one_line() {
 }
 
 /// `updraft agent start` in pool mode (no --acquire-job), configured by flags.
-fn pool_process(emulator: &updraft_emulator::EmulatorHandle, build_path: &std::path::Path) -> tokio::process::Command {
+fn pool_process(
+    emulator: &updraft_emulator::EmulatorHandle,
+    build_path: &std::path::Path,
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_updraft"));
     command
-        .args(["agent", "start", "--tags", "queue=default,os=linux", "--build-path"])
+        .args([
+            "agent",
+            "start",
+            "--tags",
+            "queue=default,os=linux",
+            "--build-path",
+        ])
         .arg(build_path)
-        .args(["--token", emulator.agent_token().expose(), "--endpoint", &emulator.agent_endpoint()])
+        .args([
+            "--token",
+            emulator.agent_token().expose(),
+            "--endpoint",
+            &emulator.agent_endpoint(),
+        ])
         .env_remove("BUILDKITE_AGENT_ACQUIRE_JOB")
         .env("UPDRAFT_LOG", "info")
         .stdin(std::process::Stdio::null())
@@ -144,7 +185,11 @@ fn pool_process(emulator: &updraft_emulator::EmulatorHandle, build_path: &std::p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_agent_process_serves_jobs_until_idle() {
     let emulator = emulator().await;
-    pipeline(&emulator, "pool", &["echo first".to_string(), "echo second".to_string()]);
+    pipeline(
+        &emulator,
+        "pool",
+        &["echo first".to_string(), "echo second".to_string()],
+    );
     let jobs = emulator.create_build("pool").unwrap().job_ids;
     let builds = tempfile::tempdir().unwrap();
     let mut command = pool_process(&emulator, builds.path());
@@ -153,7 +198,9 @@ async fn a_pool_agent_process_serves_jobs_until_idle() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(emulator.job_log(jobs[0]).unwrap(), b"first\n");
     assert_eq!(emulator.job_log(jobs[1]).unwrap(), b"second\n");
-    assert!(jobs.iter().all(|j| emulator.job_state(*j) == Some(JobState::Passed)));
+    assert!(jobs
+        .iter()
+        .all(|j| emulator.job_state(*j) == Some(JobState::Passed)));
     assert_no_token(&(stdout + &stderr), &emulator);
 }
 
@@ -165,31 +212,52 @@ async fn sigterm_lets_the_running_job_finish_and_a_second_one_stops_it() {
     pipeline(
         &emulator,
         "signals",
-        &["echo begun; sleep 3; echo ended".to_string(), "echo begun; sleep 30".to_string()],
+        &[
+            "echo begun; sleep 3; echo ended".to_string(),
+            "echo begun; sleep 30".to_string(),
+        ],
     );
     let jobs = emulator.create_build("signals").unwrap().job_ids;
     let builds = tempfile::tempdir().unwrap();
 
-    for (job, signals, expected_state) in [(jobs[0], 1, JobState::Passed), (jobs[1], 2, JobState::Failed)] {
-        let child = agent_process(&emulator, builds.path(), job).spawn().unwrap();
+    for (job, signals, expected_state) in [
+        (jobs[0], 1, JobState::Passed),
+        (jobs[1], 2, JobState::Failed),
+    ] {
+        let child = agent_process(&emulator, builds.path(), job)
+            .spawn()
+            .unwrap();
         let pid = Pid::from_raw(child.id().unwrap() as i32);
         let waiting = tokio::spawn(child.wait_with_output());
         let started = Instant::now();
         while emulator.job_log(job).is_none_or(|log| log.is_empty()) {
-            assert!(started.elapsed() < Duration::from_secs(20), "the job never started");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the job never started"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for n in 0..signals {
             if let Err(e) = kill(pid, Signal::SIGTERM) {
                 let output = waiting.await.unwrap().unwrap();
-                panic!("signal {n} for {job}: {e}: {}", String::from_utf8_lossy(&output.stderr));
+                panic!(
+                    "signal {n} for {job}: {e}: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let output = waiting.await.unwrap().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         assert_eq!(emulator.job_state(job), Some(expected_state));
     }
     assert_eq!(emulator.job_log(jobs[0]).unwrap(), b"begun\nended\n");
-    assert_eq!(emulator.job_timeline(jobs[1]).unwrap()["signal_reason"], "agent_stop");
+    assert_eq!(
+        emulator.job_timeline(jobs[1]).unwrap()["signal_reason"],
+        "agent_stop"
+    );
 }

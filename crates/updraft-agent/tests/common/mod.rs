@@ -14,25 +14,39 @@ use updraft_emulator::{EmulatorConfig, EmulatorHandle};
 use uuid::Uuid;
 
 pub async fn emulator() -> EmulatorHandle {
-    updraft_emulator::start(EmulatorConfig::default()).await.expect("emulator starts")
+    updraft_emulator::start(EmulatorConfig::default())
+        .await
+        .expect("emulator starts")
 }
 
 /// A pipeline with one command step per entry, no checkout.
 pub fn pipeline(emulator: &EmulatorHandle, slug: &str, commands: &[&str]) {
     let mut yaml = String::from("env:\n  BUILDKITE_SKIP_CHECKOUT: \"true\"\nsteps:\n");
     for command in commands {
-        yaml.push_str(&format!("  - command: {}\n", serde_json::to_string(command).unwrap()));
+        yaml.push_str(&format!(
+            "  - command: {}\n",
+            serde_json::to_string(command).unwrap()
+        ));
     }
-    emulator.create_pipeline(slug, &yaml).expect("pipeline is created");
+    emulator
+        .create_pipeline(slug, &yaml)
+        .expect("pipeline is created");
 }
 
 /// Build `slug` once and return its (command) job ids.
 pub fn build(emulator: &EmulatorHandle, slug: &str) -> Vec<Uuid> {
-    emulator.create_build(slug).expect("build is created").job_ids
+    emulator
+        .create_build(slug)
+        .expect("build is created")
+        .job_ids
 }
 
 pub fn agent_config(emulator: &EmulatorHandle, build_path: &Path) -> AgentConfig {
-    let mut config = AgentConfig::new(&emulator.agent_endpoint(), emulator.agent_token(), build_path.to_path_buf());
+    let mut config = AgentConfig::new(
+        &emulator.agent_endpoint(),
+        emulator.agent_token(),
+        build_path.to_path_buf(),
+    );
     config.retries = AgentRetries::fast();
     config.cancel_grace_period = Duration::from_secs(2);
     config.output_drain_timeout = Duration::from_millis(500);

@@ -28,7 +28,11 @@ struct StartArgs {
     #[arg(long, env = "BUILDKITE_AGENT_TOKEN", hide_env_values = true)]
     token: String,
     /// The agent API endpoint.
-    #[arg(long, env = "BUILDKITE_AGENT_ENDPOINT", default_value = "https://agent.buildkite.com/v3")]
+    #[arg(
+        long,
+        env = "BUILDKITE_AGENT_ENDPOINT",
+        default_value = "https://agent.buildkite.com/v3"
+    )]
     endpoint: String,
     /// The agent's name; %hostname, %spawn and %random are replaced.
     #[arg(long, env = "BUILDKITE_AGENT_NAME", default_value = "%hostname-%spawn")]
@@ -49,7 +53,11 @@ struct StartArgs {
     #[arg(long, env = "BUILDKITE_AGENT_DISCONNECT_AFTER_JOB")]
     disconnect_after_job: bool,
     /// Disconnect after this many seconds without a job (0: never).
-    #[arg(long, env = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "BUILDKITE_AGENT_DISCONNECT_AFTER_IDLE_TIMEOUT",
+        default_value_t = 0
+    )]
     disconnect_after_idle_timeout: u64,
     /// Jobs run in a fresh directory under this path.
     #[arg(long, env = "BUILDKITE_BUILD_PATH")]
@@ -84,9 +92,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn config_from(args: &StartArgs) -> Result<AgentConfig, String> {
-    let mut tags: Vec<String> = args.tags.iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let mut tags: Vec<String> = args
+        .tags
+        .iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
     if let Some(bad) = tags.iter().find(|t| !t.contains('=')) {
-        return Err(format!("--tags: {bad:?} is not key=value (e.g. \"queue=linux\")"));
+        return Err(format!(
+            "--tags: {bad:?} is not key=value (e.g. \"queue=linux\")"
+        ));
     }
     if let Some(queue) = &args.queue {
         if tags.iter().any(|t| t.starts_with("queue=")) {
@@ -96,24 +111,32 @@ fn config_from(args: &StartArgs) -> Result<AgentConfig, String> {
     }
     match args.ping_mode.as_str() {
         "auto" | "poll-only" => {}
-        "stream-only" => {
-            return Err("--ping-mode stream-only is not supported: this agent polls (use auto or poll-only)".into())
+        "stream-only" => return Err(
+            "--ping-mode stream-only is not supported: this agent polls (use auto or poll-only)"
+                .into(),
+        ),
+        other => {
+            return Err(format!(
+                "--ping-mode: {other:?} is not one of auto, poll-only, stream-only"
+            ))
         }
-        other => return Err(format!("--ping-mode: {other:?} is not one of auto, poll-only, stream-only")),
     }
     let shell: Vec<String> = args.shell.split_whitespace().map(str::to_string).collect();
     if shell.is_empty() {
         return Err("--shell must name a program, e.g. \"/bin/bash -e -c\"".into());
     }
-    let build_path = args.build_path.clone().unwrap_or_else(|| std::env::temp_dir().join("updraft-agent-builds"));
+    let build_path = args
+        .build_path
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("updraft-agent-builds"));
     let mut config = AgentConfig::new(&args.endpoint, Secret::new(args.token.clone()), build_path);
     config.name = args.name.clone();
     config.tags = tags;
     config.priority = args.priority.clone();
     config.acquire_job = args.acquire_job.clone().filter(|j| !j.trim().is_empty());
     config.disconnect_after_job = args.disconnect_after_job;
-    config.disconnect_after_idle_timeout =
-        (args.disconnect_after_idle_timeout > 0).then(|| Duration::from_secs(args.disconnect_after_idle_timeout));
+    config.disconnect_after_idle_timeout = (args.disconnect_after_idle_timeout > 0)
+        .then(|| Duration::from_secs(args.disconnect_after_idle_timeout));
     config.hooks_path = args.hooks_path.clone();
     config.shell = shell;
     config.cancel_grace_period = Duration::from_secs(args.cancel_grace_period);
@@ -149,7 +172,10 @@ async fn start_agent(args: StartArgs) -> ExitCode {
 /// First SIGTERM/SIGINT: finish the running job, then disconnect. Second: stop the job now.
 async fn forward_signals(shutdown: Shutdown) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::warn!("could not listen for signals; stop the agent with SIGKILL");
         return;
     };

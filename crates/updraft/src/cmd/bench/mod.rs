@@ -40,9 +40,17 @@ pub struct Common {
 
 impl Common {
     /// Print a human summary and the JSON line (with `--json`), and write the JSON file.
-    pub fn report(&self, bench: &str, human: &str, figures: &serde_json::Value) -> anyhow::Result<()> {
+    pub fn report(
+        &self,
+        bench: &str,
+        human: &str,
+        figures: &serde_json::Value,
+    ) -> anyhow::Result<()> {
         println!("{human}");
-        let path = self.out.clone().unwrap_or_else(|| PathBuf::from(format!("bench-results/{bench}.json")));
+        let path = self
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("bench-results/{bench}.json")));
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }

@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::{Table, Value};
-use updraft_model::{AgentTags, RuleError, Secret};
+pub use updraft_model::PriorityOrder;
+use updraft_model::{AgentTags, FleetLimits, RuleError, Secret};
 
 pub const DEFAULT_ENDPOINT: &str = "https://agent.buildkite.com/v3";
 pub const DEFAULT_AGENT_TOKEN_ENV: &str = "BUILDKITE_AGENT_TOKEN";
@@ -136,14 +137,6 @@ pub enum Mode {
     Acquire,
 }
 
-/// How a fleet orders the jobs it holds back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PriorityOrder {
-    /// Higher job priority first, then oldest first (Buildkite's dispatch order, §7.4).
-    JobPriority,
-    /// Oldest first, ignoring job priority.
-    Fifo,
-}
 
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -177,6 +170,16 @@ impl FleetConfig {
     /// The hard limit every launch gets from the backend.
     pub fn launch_deadline(&self) -> Duration {
         self.pending_deadline + self.running_deadline
+    }
+
+    /// The caps the limiter holds this fleet to.
+    pub fn limits(&self) -> FleetLimits {
+        FleetLimits {
+            name: self.name.clone(),
+            max_in_flight: self.max_in_flight,
+            launches_per_minute: self.launches_per_minute,
+            order: self.priority,
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 
 use crate::config::{Config, FleetConfig};
 use crate::ledger::{now_ms, Ledger, LedgerJob};
-use crate::limiter::Limiter;
+use updraft_model::Limiter;
 use crate::router::{route, Route};
 use crate::stackset::StackSet;
 use crate::stats::{Source, Stats};
@@ -107,7 +107,8 @@ impl Core {
         let (to_reserve, reserve_rx) = mpsc::unbounded_channel();
         let (to_launch, launch_rx) = mpsc::unbounded_channel();
         let (to_notify, notify_rx) = mpsc::unbounded_channel();
-        let limiter = Limiter::new(&config.fleets, config.limits.max_in_flight, now_ms());
+        let limits: Vec<_> = config.fleets.iter().map(FleetConfig::limits).collect();
+        let limiter = Limiter::new(&limits, config.limits.max_in_flight, now_ms());
         let core = Core {
             config,
             stacks,

@@ -50,7 +50,7 @@ pub mod config;
 mod core;
 mod http;
 pub mod ledger;
-pub mod limiter;
+pub use updraft_model::limiter;
 mod pipeline;
 pub mod plan;
 mod pull;

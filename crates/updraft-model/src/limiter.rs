@@ -1,14 +1,33 @@
 //! The limiter: each fleet's waiting jobs in priority order, and the caps that hold them
 //! back — the fleet's `max_in_flight`, its launch rate, and the global cap. `admit` takes as
 //! many jobs as the caps allow; `hold_reasons` says, per waiting job, which cap holds it.
-//! Pure data and arithmetic, no I/O: time comes in as an argument.
+//! Pure data and arithmetic, no I/O: time comes in as an argument, so the scheduler and the
+//! simulator (`updraft sim`) hold jobs back by the very same rules.
 
-use crate::config::{FleetConfig, PriorityOrder};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
 
 type Key = (Reverse<i64>, i64, Uuid);
+
+/// How a fleet orders the jobs it holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PriorityOrder {
+    /// Higher job priority first, then oldest first (Buildkite's dispatch order).
+    #[default]
+    JobPriority,
+    /// Oldest first, ignoring job priority.
+    Fifo,
+}
+
+/// One fleet's caps, as the limiter needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLimits {
+    pub name: String,
+    pub max_in_flight: u32,
+    pub launches_per_minute: Option<u32>,
+    pub order: PriorityOrder,
+}
 
 /// A launch-rate allowance that refills continuously, holding up to ten seconds' worth.
 #[derive(Debug, Clone)]
@@ -75,13 +94,13 @@ pub struct FleetLoad {
 }
 
 impl Limiter {
-    pub fn new(fleets: &[FleetConfig], global_max: Option<u32>, now_ms: i64) -> Self {
+    pub fn new(fleets: &[FleetLimits], global_max: Option<u32>, now_ms: i64) -> Self {
         let fleets = fleets
             .iter()
             .map(|f| FleetQueue {
                 name: f.name.clone(),
                 max_in_flight: f.max_in_flight,
-                order: f.priority,
+                order: f.order,
                 rate: f.launches_per_minute.map(|r| RateBucket::new(r, now_ms)),
                 waiting: BTreeSet::new(),
                 keys: HashMap::new(),
@@ -222,19 +241,32 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
-    fn limiter(extra: &str, global: Option<u32>) -> Limiter {
-        let config = Config::parse(&format!(
-            "[buildkite]\nagent_token = \"t\"\n[[fleet]]\nname = \"linux\"\nqueue = \"linux\"\nmax_in_flight = 2\n{extra}\n[[fleet]]\nname = \"mac\"\nqueue = \"mac\"\nmax_in_flight = 5\n"
-        ))
-        .unwrap();
-        Limiter::new(&config.fleets, global, 0)
+    fn limiter(
+        order: PriorityOrder,
+        launches_per_minute: Option<u32>,
+        global: Option<u32>,
+    ) -> Limiter {
+        let fleets = [
+            FleetLimits {
+                name: "linux".into(),
+                max_in_flight: 2,
+                launches_per_minute,
+                order,
+            },
+            FleetLimits {
+                name: "mac".into(),
+                max_in_flight: 5,
+                launches_per_minute: None,
+                order: PriorityOrder::JobPriority,
+            },
+        ];
+        Limiter::new(&fleets, global, 0)
     }
 
     #[test]
     fn max_in_flight_holds_jobs_and_says_so() {
-        let mut l = limiter("", None);
+        let mut l = limiter(PriorityOrder::JobPriority, None, None);
         let jobs: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
         for (i, job) in jobs.iter().enumerate() {
             l.enqueue(0, *job, 0, i as i64);
@@ -251,7 +283,7 @@ mod tests {
 
     #[test]
     fn higher_priority_goes_first_then_oldest() {
-        let mut l = limiter("", None);
+        let mut l = limiter(PriorityOrder::JobPriority, None, None);
         let (low, high, old) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         l.enqueue(0, low, 0, 1);
         l.enqueue(0, high, 10, 5);
@@ -261,7 +293,7 @@ mod tests {
 
     #[test]
     fn fifo_ignores_priority() {
-        let mut l = limiter("priority = \"fifo\"", None);
+        let mut l = limiter(PriorityOrder::Fifo, None, None);
         let (first, urgent) = (Uuid::new_v4(), Uuid::new_v4());
         l.enqueue(0, first, 0, 1);
         l.enqueue(0, urgent, 10, 2);
@@ -270,7 +302,7 @@ mod tests {
 
     #[test]
     fn the_global_cap_is_shared_round_robin() {
-        let mut l = limiter("", Some(2));
+        let mut l = limiter(PriorityOrder::JobPriority, None, Some(2));
         let a: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
         let b: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
         for job in &a {
@@ -290,7 +322,7 @@ mod tests {
 
     #[test]
     fn launch_rate_refills_over_time() {
-        let mut l = limiter("launches_per_minute = 6", None);
+        let mut l = limiter(PriorityOrder::JobPriority, Some(6), None);
         for i in 0..3 {
             l.enqueue(0, Uuid::new_v4(), 0, i);
         }

@@ -16,8 +16,10 @@
 
 mod process;
 mod record;
+mod settings;
 
 pub use process::LAUNCH_MARKER_VAR;
+pub use settings::{LocalSettings, DEFAULT_STATE_DIR};
 
 use crate::{
     Backend, BackendError, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus,

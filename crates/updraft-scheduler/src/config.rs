@@ -1,63 +1,37 @@
 //! The scheduler's configuration: a TOML file, overridden by `UPDRAFT_<SECTION>_<KEY>`
-//! environment variables, read into typed settings. Reading never stops at the first
-//! problem: every error is collected with its field path (`fleet[1].max_in_flight: …`), and
-//! keys we do not know are refused by path too, so `updraft check` can list them all.
+//! environment variables. Each section is a typed struct (`file` module) read with
+//! `updraft_config`, which reports every mistake at once with its path; this module then
+//! resolves what the file says into the settings the scheduler runs on (secrets looked up,
+//! tags parsed, fleet names checked to be unique).
+//!
+//! Backends own their settings: a top-level table named after a backend (`[local]`,
+//! `[kubernetes]`) and a fleet's table named after its backend (`[fleet.kubernetes]`) are kept
+//! here as raw values and read by the backend's crate, so the scheduler never depends on
+//! Kubernetes or AWS types.
 
+mod file;
+
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
-use toml::{Table, Value};
+use updraft_config::{read, read_toml_text, Errors, Path};
+pub use updraft_config::{ConfigError, ConfigErrors};
 pub use updraft_model::PriorityOrder;
 use updraft_model::{AgentTags, FleetLimits, RuleError, Secret};
 
-pub const DEFAULT_ENDPOINT: &str = "https://agent.buildkite.com/v3";
-pub const DEFAULT_AGENT_TOKEN_ENV: &str = "BUILDKITE_AGENT_TOKEN";
-pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
-pub const DEFAULT_LEDGER_PATH: &str = "updraft-ledger.sqlite";
-/// How long a closed job's ledger rows are kept by default.
-pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The shortest retention accepted: closed jobs stay readable (recent launches on
-/// `/status`, an operator's look at what happened) for at least this long.
-pub const MIN_LEDGER_RETENTION: Duration = Duration::from_secs(3600);
-pub const DEFAULT_LOCAL_STATE_DIR: &str = "updraft-local";
-/// The reference's floor for polling scheduled-jobs.
-pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub use file::{
+    BuildkiteFile, FleetFile, HttpFile, LedgerFile, LimitsFile, Mode, PushFile, ReconcileFile,
+    TemplateFile, DEFAULT_AGENT_TOKEN_ENV, DEFAULT_ENDPOINT, DEFAULT_HTTP_LISTEN,
+    DEFAULT_LEDGER_PATH, MIN_LEDGER_RETENTION, MIN_POLL_INTERVAL_MS,
+};
 
-/// One problem in the configuration, at one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub path: String,
-    pub message: String,
-}
+/// The sections the scheduler reads itself, in the order the reference lists them.
+pub const SECTIONS: [&str; 6] = ["buildkite", "push", "http", "ledger", "limits", "reconcile"];
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Every problem found, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(
-            f,
-            "{n} error{} in the configuration:",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for error in &self.0 {
-            writeln!(f, "  {error}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigErrors {}
+/// The backends `Config::parse` assumes when the caller names none.
+pub const DEFAULT_BACKENDS: [&str; 1] = ["local"];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -67,8 +41,10 @@ pub struct Config {
     pub ledger: LedgerConfig,
     pub limits: LimitsConfig,
     pub reconcile: ReconcileConfig,
-    pub local: LocalConfig,
     pub fleets: Vec<FleetConfig>,
+    /// Top-level tables named after a backend (`[local]`, `[kubernetes]`), unread: the
+    /// backend's crate reads them.
+    pub backend_sections: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,13 +65,8 @@ pub struct BuildkiteConfig {
 pub struct PushConfig {
     /// A separate listener for the push routes; `None` serves them on `[http] listen`.
     pub listen: Option<SocketAddr>,
-    /// The shared webhook token (also the HMAC key for signed webhooks). Without one the
-    /// push routes refuse everything but, if allowed below, unsigned EventBridge events.
+    /// The shared webhook token (also the HMAC key for signed webhooks).
     pub webhook_token: Option<Secret>,
-    /// Accept EventBridge events that carry no credentials (an EventBridge rule target has
-    /// none unless an API destination adds one). A forged event can only make the scheduler
-    /// try to reserve a job id, which succeeds only for a job Buildkite really has scheduled
-    /// on our queue.
     pub allow_unsigned_eventbridge: bool,
 }
 
@@ -107,8 +78,6 @@ pub struct HttpConfig {
 #[derive(Debug, Clone)]
 pub struct LedgerConfig {
     pub path: PathBuf,
-    /// Closed jobs (with their launches, reservations and transitions) older than this are
-    /// pruned by the reconciler; open jobs are never pruned.
     pub retention: Duration,
 }
 
@@ -122,21 +91,6 @@ pub struct LimitsConfig {
 pub struct ReconcileConfig {
     pub interval: Duration,
 }
-
-/// Settings of the local process backend (used when a fleet says `backend = "local"`).
-#[derive(Debug, Clone)]
-pub struct LocalConfig {
-    /// Where launch directories live.
-    pub state_dir: PathBuf,
-    /// Time between SIGTERM and SIGKILL when a launch is stopped.
-    pub stop_grace: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Acquire,
-}
-
 
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -153,6 +107,9 @@ pub struct FleetConfig {
     /// matched by these (reference §7.2).
     pub tags: AgentTags,
     pub backend: String,
+    /// The fleet's table named after its backend (`[fleet.kubernetes]`), for the backend's
+    /// crate to read.
+    pub backend_settings: Option<Value>,
     pub template: Template,
     pub mode: Mode,
     pub max_in_flight: u32,
@@ -184,8 +141,8 @@ impl FleetConfig {
 }
 
 impl Config {
-    /// Read a file, apply the process environment's overrides, validate.
-    pub fn load(path: &Path) -> anyhow::Result<Config> {
+    /// Read a file, apply the process environment's overrides, validate (local backend only).
+    pub fn load(path: &FsPath) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", path.display()))?;
         Config::parse_with_env(&text, std::env::vars())
@@ -197,38 +154,139 @@ impl Config {
         Config::parse_with_env(text, std::iter::empty())
     }
 
-    /// Parse TOML text, then apply `UPDRAFT_<SECTION>_<KEY>` overrides from `env` (only the
-    /// single-table sections: buildkite, push, http, ledger, limits, reconcile, local).
+    /// Parse TOML text, then apply `UPDRAFT_<SECTION>_<KEY>` overrides from `env`.
     /// `*_env` settings (e.g. `agent_token_env`) are looked up in `env` too.
     pub fn parse_with_env(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigErrors> {
-        Config::parse_checked(text, env, &[])
+        Config::parse_checked(text, env, &DEFAULT_BACKENDS)
     }
 
-    /// As `parse_with_env`, and every fleet's `backend` must be one of `backends` (the
-    /// binary's list; empty skips the check).
+    /// As `parse_with_env`, with the backends this binary has: a fleet's `backend` must be one
+    /// of them, and their names are the backend tables allowed at the top and in fleets.
     pub fn parse_checked(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
         backends: &[&str],
     ) -> Result<Config, ConfigErrors> {
-        let mut root: Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![ConfigError {
-                path: "(file)".into(),
-                message: format!("not valid TOML: {}", e.message()),
-            }])
-        })?;
         let env: BTreeMap<String, String> = env.into_iter().collect();
-        let mut errors = Vec::new();
-        apply_env(&mut root, &env, &mut errors);
-        let env_lookup = |name: &str| env.get(name).cloned();
-        let config = read_root(root, &env_lookup, backends, &mut errors);
+        let (raw, mut errors) = Config::prepare(text, &env, backends)?;
+        let config = Config::read(&raw, &env, backends, &mut errors);
         match config {
-            Some(config) if errors.is_empty() => Ok(config),
-            _ => Err(ConfigErrors(errors)),
+            Some(config) => errors.into_result(config),
+            None => Err(errors
+                .into_result(())
+                .expect_err("reading failed with no error")),
         }
+    }
+
+    /// Parse TOML text and apply `UPDRAFT_<SECTION>_<KEY>` overrides from `env`, giving the raw
+    /// file `read` (and each backend's reader) works on, and the problems found so far.
+    pub fn prepare(
+        text: &str,
+        env: &BTreeMap<String, String>,
+        backends: &[&str],
+    ) -> Result<(Value, Errors), ConfigErrors> {
+        let mut raw = read_toml_text(text)?;
+        let mut errors = Errors::new();
+        apply_env(&mut raw, env, backends, &mut errors);
+        Ok((raw, errors))
+    }
+
+    /// Each fleet's table for `backend` (`[fleet.kubernetes]`) with its path, straight from
+    /// the raw file, so a backend can check its settings even when another part of the file
+    /// is wrong. A fleet of that backend without the table gets an empty one.
+    pub fn fleet_backend_tables(raw: &Value, backend: &str) -> Vec<(Path, String, Value)> {
+        let fleets = raw
+            .get("fleet")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        fleets
+            .iter()
+            .enumerate()
+            .filter(|(_, fleet)| {
+                fleet
+                    .get("backend")
+                    .and_then(Value::as_str)
+                    .unwrap_or("local")
+                    == backend
+            })
+            .map(|(i, fleet)| {
+                let name = fleet
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let table = fleet
+                    .get(backend)
+                    .cloned()
+                    .unwrap_or(Value::Object(Default::default()));
+                (Path::root().key("fleet").index(i).key(backend), name, table)
+            })
+            .collect()
+    }
+
+    /// Read an already-parsed file (environment overrides applied), adding every problem to
+    /// `errors`; `None` when a section could not be read at all. The caller (the binary)
+    /// reads the backends' tables into the same `errors` afterwards.
+    pub fn read(
+        raw: &Value,
+        env: &BTreeMap<String, String>,
+        backends: &[&str],
+        errors: &mut Errors,
+    ) -> Option<Config> {
+        let root = Path::root();
+        let Some(table) = raw.as_object() else {
+            errors.push(&root, "expected a table of sections");
+            return None;
+        };
+        let mut backend_sections = BTreeMap::new();
+        for (key, value) in table {
+            if SECTIONS.contains(&key.as_str()) || key == "fleet" {
+                continue;
+            }
+            if backends.contains(&key.as_str()) {
+                backend_sections.insert(key.clone(), value.clone());
+            } else {
+                let known = SECTIONS.iter().chain(backends).copied().collect::<Vec<_>>();
+                errors.push(
+                    &root.key(key),
+                    format!("unknown section; known: {}, [[fleet]]", known.join(", ")),
+                );
+            }
+        }
+        let section = |name: &str| {
+            table
+                .get(name)
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()))
+        };
+        let lookup = |name: &str| env.get(name).cloned();
+        let buildkite: Option<BuildkiteFile> =
+            read(&section("buildkite"), &root.key("buildkite"), errors);
+        let push: Option<PushFile> = read(&section("push"), &root.key("push"), errors);
+        let http: Option<HttpFile> = read(&section("http"), &root.key("http"), errors);
+        let ledger: Option<LedgerFile> = read(&section("ledger"), &root.key("ledger"), errors);
+        let limits: Option<LimitsFile> = read(&section("limits"), &root.key("limits"), errors);
+        let reconcile: Option<ReconcileFile> =
+            read(&section("reconcile"), &root.key("reconcile"), errors);
+        let fleets = read_fleets(table.get("fleet"), backends, errors);
+        // Every section is resolved before any is given up on, so each reports its problems.
+        let buildkite = buildkite.and_then(|b| b.resolve(&root.key("buildkite"), &lookup, errors));
+        let push = push.and_then(|p| p.resolve(&root.key("push"), &lookup, errors));
+        let http = http.and_then(|h| h.resolve(&root.key("http"), errors));
+        Some(Config {
+            buildkite: buildkite?,
+            push: push?,
+            http: http?,
+            ledger: ledger?.resolve(),
+            limits: limits?.resolve(),
+            reconcile: reconcile?.resolve(),
+            fleets: fleets?,
+            backend_sections,
+        })
     }
 
     /// Every queue some fleet serves, in order.
@@ -242,603 +300,192 @@ impl Config {
     }
 }
 
-const SECTIONS: [&str; 7] = [
-    "buildkite",
-    "push",
-    "http",
-    "ledger",
-    "limits",
-    "reconcile",
-    "local",
-];
-
-fn apply_env(root: &mut Table, env: &BTreeMap<String, String>, errors: &mut Vec<ConfigError>) {
-    for (name, raw) in env {
-        let Some(rest) = name.strip_prefix("UPDRAFT_") else {
-            continue;
-        };
-        let lower = rest.to_ascii_lowercase();
-        let Some(section) = SECTIONS
-            .iter()
-            .find(|s| lower.starts_with(&format!("{s}_")))
-        else {
-            continue;
-        };
-        let key = &lower[section.len() + 1..];
-        let value = format!("v = {raw}")
-            .parse::<Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| Value::String(raw.clone()));
-        match root
-            .entry(section.to_string())
-            .or_insert_with(|| Value::Table(Table::new()))
-        {
-            Value::Table(table) => {
-                table.insert(key.to_string(), value);
-            }
-            _ => errors.push(ConfigError {
-                path: format!("{section} (from {name})"),
-                message: "expected a table".into(),
-            }),
-        }
-    }
-}
-
-/// Takes fields out of one TOML table, recording errors with their path; whatever is left
-/// at `finish` is an unknown key.
-struct Fields<'e> {
-    path: String,
-    table: Table,
-    errors: &'e mut Vec<ConfigError>,
-}
-
-impl<'e> Fields<'e> {
-    fn new(path: &str, table: Table, errors: &'e mut Vec<ConfigError>) -> Self {
-        Fields {
-            path: path.to_string(),
-            table,
-            errors,
-        }
-    }
-
-    fn at(&self, key: &str) -> String {
-        if self.path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.path)
-        }
-    }
-
-    fn error(&mut self, key: &str, message: impl Into<String>) {
-        let path = self.at(key);
-        self.errors.push(ConfigError {
-            path,
-            message: message.into(),
-        });
-    }
-
-    fn string(&mut self, key: &str) -> Option<String> {
-        match self.table.remove(key)? {
-            Value::String(s) => Some(s),
-            other => {
-                self.error(key, format!("expected a string, got {}", describe(&other)));
-                None
-            }
-        }
-    }
-
-    fn non_empty_string(&mut self, key: &str) -> Option<String> {
-        let value = self.string(key)?;
-        if value.trim().is_empty() {
-            self.error(key, "expected a non-empty string, got \"\"");
+fn read_fleets(
+    raw: Option<&Value>,
+    backends: &[&str],
+    errors: &mut Errors,
+) -> Option<Vec<FleetConfig>> {
+    let at = Path::root().key("fleet");
+    let items = match raw {
+        None => {
+            errors.push(&at, "at least one [[fleet]] is required");
             return None;
         }
-        Some(value)
-    }
-
-    fn integer(&mut self, key: &str) -> Option<i64> {
-        match self.table.remove(key)? {
-            Value::Integer(i) => Some(i),
-            other => {
-                self.error(
-                    key,
-                    format!("expected an integer, got {}", describe(&other)),
-                );
-                None
-            }
+        Some(Value::Array(items)) if items.is_empty() => {
+            errors.push(&at, "at least one [[fleet]] is required");
+            return None;
         }
-    }
-
-    fn positive(&mut self, key: &str) -> Option<u32> {
-        let value = self.integer(key)?;
-        match u32::try_from(value) {
-            Ok(v) if v > 0 => Some(v),
-            _ => {
-                self.error(key, format!("expected a positive integer, got {value}"));
-                None
-            }
-        }
-    }
-
-    fn non_negative(&mut self, key: &str) -> Option<u32> {
-        let value = self.integer(key)?;
-        u32::try_from(value).ok().or_else(|| {
-            self.error(key, format!("expected a whole number ≥ 0, got {value}"));
-            None
-        })
-    }
-
-    fn boolean(&mut self, key: &str) -> Option<bool> {
-        match self.table.remove(key)? {
-            Value::Boolean(b) => Some(b),
-            other => {
-                self.error(
-                    key,
-                    format!("expected true or false, got {}", describe(&other)),
-                );
-                None
-            }
-        }
-    }
-
-    fn millis(&mut self, key: &str) -> Option<Duration> {
-        let value = self.integer(key)?;
-        match u64::try_from(value) {
-            Ok(ms) if ms > 0 => Some(Duration::from_millis(ms)),
-            _ => {
-                self.error(
-                    key,
-                    format!("expected a positive number of milliseconds, got {value}"),
-                );
-                None
-            }
-        }
-    }
-
-    /// `"90s"`, `"5m"`, `"2h"`, `"7d"`, `"1500ms"`, or an integer number of seconds.
-    fn duration(&mut self, key: &str) -> Option<Duration> {
-        let parsed = match self.table.remove(key)? {
-            Value::Integer(secs) if secs > 0 && secs as u64 <= MAX_DURATION.as_secs() => {
-                Ok(Duration::from_secs(secs as u64))
-            }
-            Value::String(s) => parse_duration(&s).ok_or_else(|| format!("{s:?}")),
-            other => Err(describe(&other)),
-        };
-        parsed
-            .map_err(|got| {
-                self.error(
-                    key,
-                    format!(
-                        "expected a positive duration like \"90s\", \"5m\", \"2h\" or \"7d\" (at most 100 years), got {got}"
-                    ),
-                )
-            })
-            .ok()
-    }
-
-    fn socket_addr(&mut self, key: &str) -> Option<SocketAddr> {
-        let raw = self.string(key)?;
-        raw.parse()
-            .map_err(|_| {
-                self.error(
-                    key,
-                    format!("expected an address like \"127.0.0.1:7070\", got {raw:?}"),
-                )
-            })
-            .ok()
-    }
-
-    fn strings(&mut self, key: &str) -> Option<Vec<String>> {
-        match self.table.remove(key)? {
-            Value::Array(items) => {
-                let mut out = Vec::new();
-                for (i, item) in items.into_iter().enumerate() {
-                    match item {
-                        Value::String(s) => out.push(s),
-                        other => self.error(
-                            &format!("{key}[{i}]"),
-                            format!("expected a string, got {}", describe(&other)),
-                        ),
-                    }
-                }
-                Some(out)
-            }
-            other => {
-                self.error(
-                    key,
-                    format!("expected an array of strings, got {}", describe(&other)),
-                );
-                None
-            }
-        }
-    }
-
-    fn string_map(&mut self, key: &str) -> Option<BTreeMap<String, String>> {
-        match self.table.remove(key)? {
-            Value::Table(table) => {
-                let mut out = BTreeMap::new();
-                for (k, v) in table {
-                    match v {
-                        Value::String(s) => {
-                            out.insert(k, s);
-                        }
-                        other => self.error(
-                            &format!("{key}.{k}"),
-                            format!("expected a string, got {}", describe(&other)),
-                        ),
-                    }
-                }
-                Some(out)
-            }
-            other => {
-                self.error(
-                    key,
-                    format!("expected a table of strings, got {}", describe(&other)),
-                );
-                None
-            }
-        }
-    }
-
-    fn table(&mut self, key: &str) -> Table {
-        match self.table.remove(key) {
-            None => Table::new(),
-            Some(Value::Table(t)) => t,
-            Some(other) => {
-                self.error(key, format!("expected a table, got {}", describe(&other)));
-                Table::new()
-            }
-        }
-    }
-
-    fn finish(self) {
-        for key in self.table.keys() {
-            let path = if self.path.is_empty() {
-                key.clone()
-            } else {
-                format!("{}.{key}", self.path)
-            };
-            self.errors.push(ConfigError {
-                path,
-                message: "unknown key".into(),
-            });
-        }
-    }
-}
-
-fn describe(value: &Value) -> String {
-    match value {
-        Value::String(s) => format!("the string {s:?}"),
-        Value::Integer(i) => format!("the integer {i}"),
-        Value::Float(f) => format!("the number {f}"),
-        Value::Boolean(b) => format!("the boolean {b}"),
-        Value::Datetime(d) => format!("the date {d}"),
-        Value::Array(_) => "an array".into(),
-        Value::Table(_) => "a table".into(),
-    }
-}
-
-/// The longest duration any setting accepts; sums and millisecond conversions of durations
-/// up to this cannot overflow.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-
-/// `"1500ms"`, `"90s"`, `"5m"`, `"2h"` or `"7d"`: positive and at most `MAX_DURATION`.
-pub fn parse_duration(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    let split = raw.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = raw.split_at(split);
-    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
-    let seconds_per_unit = match unit.trim() {
-        "ms" => return Some(Duration::from_millis(n)).filter(|d| *d <= MAX_DURATION),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 24 * 3600,
-        _ => return None,
-    };
-    n.checked_mul(seconds_per_unit)
-        .map(Duration::from_secs)
-        .filter(|d| *d <= MAX_DURATION)
-}
-
-type EnvLookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
-
-fn read_root(
-    root: Table,
-    env: &EnvLookup,
-    backends: &[&str],
-    errors: &mut Vec<ConfigError>,
-) -> Option<Config> {
-    let mut top = Fields::new("", root, errors);
-    let buildkite = top.table("buildkite");
-    let push = top.table("push");
-    let http = top.table("http");
-    let ledger = top.table("ledger");
-    let limits = top.table("limits");
-    let reconcile = top.table("reconcile");
-    let local = top.table("local");
-    let fleets = top.table.remove("fleet");
-    let fleet_tables: Vec<Table> = match fleets {
-        None => {
-            top.error("fleet", "at least one [[fleet]] is required");
-            Vec::new()
-        }
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, item)| match item {
-                Value::Table(t) => Some(t),
-                other => {
-                    top.error(
-                        &format!("fleet[{i}]"),
-                        format!("expected a table, got {}", describe(&other)),
-                    );
-                    None
-                }
-            })
-            .collect(),
-        Some(other) => {
-            top.error(
-                "fleet",
-                format!("expected [[fleet]] tables, got {}", describe(&other)),
-            );
-            Vec::new()
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            errors.push(&at, "expected [[fleet]] tables");
+            return None;
         }
     };
-    top.finish();
-
-    let buildkite = read_buildkite(buildkite, env, errors);
-    let push = read_push(push, env, errors);
-    let http = read_http(http, errors);
-    let ledger = read_ledger(ledger, errors);
-    let limits = read_limits(limits, errors);
-    let reconcile = read_reconcile(reconcile, errors);
-    let local = read_local(local, errors);
     let mut fleets = Vec::new();
-    for (i, table) in fleet_tables.into_iter().enumerate() {
-        if let Some(fleet) = read_fleet(i, table, backends, errors) {
-            fleets.push(fleet);
+    let mut complete = true;
+    for (i, item) in items.iter().enumerate() {
+        let here = at.index(i);
+        let (item, backend_settings) = split_backend_table(item, backends, &here, errors);
+        let fleet = read::<FleetFile>(&item, &here, errors)
+            .and_then(|file| file.resolve(&here, backends, backend_settings, errors));
+        match fleet {
+            Some(fleet) => fleets.push(fleet),
+            None => complete = false,
         }
     }
     let mut seen = BTreeSet::new();
     for (i, fleet) in fleets.iter().enumerate() {
         if !seen.insert(fleet.name.clone()) {
-            errors.push(ConfigError {
-                path: format!("fleet[{i}].name"),
-                message: format!(
+            errors.push(
+                &at.index(i).key("name"),
+                format!(
                     "{:?} is used by an earlier fleet; names must be unique",
                     fleet.name
                 ),
-            });
+            );
         }
     }
-    Some(Config {
-        buildkite: buildkite?,
-        push: push?,
-        http: http?,
-        ledger: ledger?,
-        limits: limits?,
-        reconcile: reconcile?,
-        local: local?,
-        fleets,
-    })
+    complete.then_some(fleets)
 }
 
-/// A secret given inline (`<key>`) or by environment variable name (`<key>_env`).
-fn secret(
-    fields: &mut Fields,
-    key: &str,
-    env: &EnvLookup,
+/// Take a fleet's backend table out before the fleet itself is read: it belongs to the
+/// backend. A table named after another backend is a mistake worth naming.
+fn split_backend_table(
+    fleet: &Value,
+    backends: &[&str],
+    at: &Path,
+    errors: &mut Errors,
+) -> (Value, Option<Value>) {
+    let Some(table) = fleet.as_object() else {
+        return (fleet.clone(), None);
+    };
+    let chosen = table
+        .get("backend")
+        .and_then(Value::as_str)
+        .unwrap_or("local");
+    if !backends.is_empty() && !backends.contains(&chosen) {
+        errors.push(
+            &at.key("backend"),
+            format!(
+                "unknown backend {chosen:?}; available: {}",
+                backends.join(", ")
+            ),
+        );
+    }
+    let mut rest = table.clone();
+    let mut settings = None;
+    for name in backends {
+        if let Some(value) = rest.remove(*name) {
+            if *name == chosen {
+                settings = Some(value);
+            } else {
+                errors.push(
+                    &at.key(name),
+                    format!(
+                        "settings for backend {name:?}, but this fleet's backend is {chosen:?}"
+                    ),
+                );
+            }
+        }
+    }
+    (Value::Object(rest), settings)
+}
+
+/// `UPDRAFT_<SECTION>_<KEY>=value` sets `<key>` in `[<section>]` (the scheduler's sections and
+/// the backends' top-level tables); the value is read as a TOML value when it is one (`2500`,
+/// `true`), else as a string.
+fn apply_env(
+    raw: &mut Value,
+    env: &BTreeMap<String, String>,
+    backends: &[&str],
+    errors: &mut Errors,
+) {
+    let Some(root) = raw.as_object_mut() else {
+        return;
+    };
+    let sections: Vec<&str> = SECTIONS.iter().chain(backends).copied().collect();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix("UPDRAFT_") else {
+            continue;
+        };
+        let lower = rest.to_ascii_lowercase();
+        let Some(section) = sections
+            .iter()
+            .find(|s| lower.starts_with(&format!("{s}_")))
+        else {
+            continue;
+        };
+        let key = lower[section.len() + 1..].to_string();
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .map(updraft_config::to_json)
+            .unwrap_or_else(|| Value::String(value.clone()));
+        match root
+            .entry(section.to_string())
+            .or_insert_with(|| Value::Object(Default::default()))
+        {
+            Value::Object(table) => {
+                table.insert(key, parsed);
+            }
+            _ => errors.push(
+                &Path::root().key(section),
+                format!("expected a table (while applying {name})"),
+            ),
+        }
+    }
+}
+
+/// A secret given inline (`<key>`) or by environment variable name (`<key>_env`), else from
+/// `default_env` when given. `Err` is reported already.
+pub(crate) fn secret(
+    inline: Option<&str>,
+    env_name: Option<&str>,
     default_env: Option<&str>,
-) -> Option<Option<Secret>> {
-    let inline = fields.string(key);
+    at: &Path,
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Errors,
+) -> Result<Option<Secret>, ()> {
     let env_key = format!("{key}_env");
-    let env_name = fields.non_empty_string(&env_key);
     match (inline, env_name) {
         (Some(_), Some(_)) => {
-            fields.error(key, format!("set either {key} or {env_key}, not both"));
-            None
+            errors.push(
+                &at.key(key),
+                format!("set either {key} or {env_key}, not both"),
+            );
+            Err(())
         }
-        (Some(value), None) if value.is_empty() => {
-            fields.error(key, "expected a non-empty token");
-            None
-        }
-        (Some(value), None) => Some(Some(Secret::new(value))),
-        (None, Some(name)) => match env(&name).filter(|v| !v.is_empty()) {
-            Some(value) => Some(Some(Secret::new(value))),
+        (Some(value), None) => Ok(Some(Secret::new(value))),
+        (None, Some(name)) => match lookup(name).filter(|v| !v.is_empty()) {
+            Some(value) => Ok(Some(Secret::new(value))),
             None => {
-                fields.error(
-                    &env_key,
+                errors.push(
+                    &at.key(&env_key),
                     format!("environment variable {name} is not set or empty"),
                 );
-                None
+                Err(())
             }
         },
-        (None, None) => Some(
-            default_env
-                .and_then(|name| env(name).filter(|v| !v.is_empty()))
-                .map(Secret::new),
-        ),
+        (None, None) => Ok(default_env
+            .and_then(|name| lookup(name).filter(|v| !v.is_empty()))
+            .map(Secret::new)),
     }
 }
 
-fn read_buildkite(
-    table: Table,
-    env: &EnvLookup,
-    errors: &mut Vec<ConfigError>,
-) -> Option<BuildkiteConfig> {
-    let mut f = Fields::new("buildkite", table, errors);
-    let endpoint = f
-        .non_empty_string("endpoint")
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        f.error(
-            "endpoint",
-            format!("expected an http:// or https:// URL, got {endpoint:?}"),
-        );
-    }
-    let agent_token = match secret(&mut f, "agent_token", env, Some(DEFAULT_AGENT_TOKEN_ENV)) {
-        Some(Some(token)) => Some(token),
-        Some(None) => {
-            f.error(
-                "agent_token",
-                format!("missing: set agent_token, agent_token_env, or the {DEFAULT_AGENT_TOKEN_ENV} environment variable"),
-            );
-            None
-        }
-        None => None,
-    };
-    let stack_key = f
-        .non_empty_string("stack_key")
-        .unwrap_or_else(|| "updraft".to_string());
-    let poll_interval = f.millis("poll_interval_ms").unwrap_or(MIN_POLL_INTERVAL);
-    if poll_interval < MIN_POLL_INTERVAL {
-        f.error(
-            "poll_interval_ms",
-            format!(
-                "expected at least 1000 (the Stacks API asks for ≥ 1 s between polls), got {}",
-                poll_interval.as_millis()
-            ),
-        );
-    }
-    let page_limit = f.positive("page_limit").unwrap_or(1000);
-    if page_limit > 1000 {
-        f.error(
-            "page_limit",
-            format!("expected at most 1000, got {page_limit}"),
-        );
-    }
-    let reservation_expiry = f
-        .duration("reservation_expiry")
-        .unwrap_or(Duration::from_secs(900));
-    if reservation_expiry > Duration::from_secs(3600) {
-        f.error(
-            "reservation_expiry",
-            "expected at most 1h (the Stacks API maximum)",
-        );
-    }
-    let token_lifetime = f
-        .duration("token_lifetime")
-        .unwrap_or(Duration::from_secs(600));
-    let metrics_interval = f
-        .duration("metrics_interval")
-        .unwrap_or(Duration::from_secs(30));
-    f.finish();
-    Some(BuildkiteConfig {
-        endpoint,
-        agent_token: agent_token?,
-        stack_key,
-        poll_interval,
-        page_limit,
-        reservation_expiry,
-        token_lifetime,
-        metrics_interval,
-    })
-}
-
-fn read_push(table: Table, env: &EnvLookup, errors: &mut Vec<ConfigError>) -> Option<PushConfig> {
-    let mut f = Fields::new("push", table, errors);
-    let listen = f.socket_addr("listen");
-    let webhook_token = secret(&mut f, "webhook_token", env, None);
-    let allow_unsigned_eventbridge = f.boolean("allow_unsigned_eventbridge").unwrap_or(false);
-    f.finish();
-    Some(PushConfig {
-        listen,
-        webhook_token: webhook_token?,
-        allow_unsigned_eventbridge,
-    })
-}
-
-fn read_http(table: Table, errors: &mut Vec<ConfigError>) -> Option<HttpConfig> {
-    let mut f = Fields::new("http", table, errors);
-    let has_listen = f.table.contains_key("listen");
-    let listen = f.socket_addr("listen");
-    f.finish();
-    match listen {
-        Some(listen) => Some(HttpConfig { listen }),
-        None if !has_listen => DEFAULT_HTTP_LISTEN
-            .parse()
-            .ok()
-            .map(|listen| HttpConfig { listen }),
-        None => None,
-    }
-}
-
-fn read_ledger(table: Table, errors: &mut Vec<ConfigError>) -> Option<LedgerConfig> {
-    let mut f = Fields::new("ledger", table, errors);
-    let path = f
-        .non_empty_string("path")
-        .unwrap_or_else(|| DEFAULT_LEDGER_PATH.to_string());
-    let retention = f.duration("retention").unwrap_or(DEFAULT_LEDGER_RETENTION);
-    if retention < MIN_LEDGER_RETENTION {
-        f.error(
-            "retention",
-            format!(
-                "expected at least 1h (closed jobs stay readable at least that long), got {retention:?}"
-            ),
-        );
-    }
-    f.finish();
-    Some(LedgerConfig {
-        path: PathBuf::from(path),
-        retention,
-    })
-}
-
-fn read_limits(table: Table, errors: &mut Vec<ConfigError>) -> Option<LimitsConfig> {
-    let mut f = Fields::new("limits", table, errors);
-    let max_in_flight = f.positive("max_in_flight");
-    f.finish();
-    Some(LimitsConfig { max_in_flight })
-}
-
-fn read_reconcile(table: Table, errors: &mut Vec<ConfigError>) -> Option<ReconcileConfig> {
-    let mut f = Fields::new("reconcile", table, errors);
-    let interval = f.millis("interval_ms").unwrap_or(Duration::from_secs(1));
-    f.finish();
-    Some(ReconcileConfig { interval })
-}
-
-fn read_local(table: Table, errors: &mut Vec<ConfigError>) -> Option<LocalConfig> {
-    let mut f = Fields::new("local", table, errors);
-    let state_dir = f
-        .non_empty_string("state_dir")
-        .unwrap_or_else(|| DEFAULT_LOCAL_STATE_DIR.to_string());
-    let stop_grace = f.duration("stop_grace").unwrap_or(Duration::from_secs(10));
-    f.finish();
-    Some(LocalConfig {
-        state_dir: PathBuf::from(state_dir),
-        stop_grace,
-    })
-}
-
-fn read_fleet(
-    index: usize,
-    table: Table,
-    backends: &[&str],
-    errors: &mut Vec<ConfigError>,
-) -> Option<FleetConfig> {
-    let mut f = Fields::new(&format!("fleet[{index}]"), table, errors);
-    let name = f.non_empty_string("name");
-    if let Some(name) = &name {
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            f.error(
-                "name",
-                format!("expected letters, digits, '-' or '_', got {name:?}"),
-            );
-        }
-    }
-    let queue = f.non_empty_string("queue");
-    let raw_tags = f.strings("tags").unwrap_or_default();
-    let tags_path = f.at("tags");
-    let mut tags = match AgentTags::parse(&tags_path, &raw_tags) {
-        Ok(tags) => Some(tags),
+/// A fleet's tags with `queue=<queue>` first; `None` when a tag is malformed (reported).
+pub(crate) fn fleet_tags(
+    raw: &[String],
+    queue: &str,
+    at: &Path,
+    errors: &mut Errors,
+) -> Option<AgentTags> {
+    let tags_path = at.key("tags");
+    let mut tags = match AgentTags::parse(tags_path.as_str(), raw) {
+        Ok(tags) => tags,
         Err(e) => {
-            let (path, message) = match &e {
+            let (field, message) = match &e {
                 RuleError::NotKeyValue { field, value } => (
                     field.clone(),
                     format!("{value:?} is not a key=value pair (expected e.g. \"queue=linux\")"),
@@ -848,262 +495,20 @@ fn read_fleet(
                     format!("{value:?} has an empty key (expected e.g. \"queue=linux\")"),
                 ),
             };
-            f.errors.push(ConfigError { path, message });
-            None
+            errors.push(&Path::verbatim(&field), message);
+            return None;
         }
     };
-    if let (Some(tags), Some(queue)) = (tags.as_mut(), queue.as_ref()) {
-        if tags.values("queue").any(|q| q != queue) {
-            f.error("tags", format!("a queue tag must not differ from queue = {queue:?}; set the queue with `queue` only"));
-        }
-        tags.0.retain(|(k, _)| k != "queue");
-        tags.0.insert(0, ("queue".to_string(), queue.clone()));
-    }
-    let backend = f
-        .non_empty_string("backend")
-        .unwrap_or_else(|| "local".to_string());
-    if !backends.is_empty() && !backends.contains(&backend.as_str()) {
-        f.error(
-            "backend",
-            format!(
-                "unknown backend {backend:?}; available: {}",
-                backends.join(", ")
-            ),
+    if tags.values("queue").any(|q| q != queue) {
+        errors.push(
+            &tags_path,
+            format!("a queue tag must not differ from queue = {queue:?}; set the queue with `queue` only"),
         );
     }
-    let template_table = f.table("template");
-    let template = read_template(&f.at("template"), template_table, f.errors);
-    let mode = match f.string("mode").as_deref() {
-        None | Some("acquire") => Some(Mode::Acquire),
-        Some(other @ ("relay" | "pool")) => {
-            f.error(
-                "mode",
-                format!("{other:?} is not supported yet; only \"acquire\" is"),
-            );
-            None
-        }
-        Some(other) => {
-            f.error("mode", format!("expected \"acquire\", got {other:?}"));
-            None
-        }
-    };
-    let has_max_in_flight = f.table.contains_key("max_in_flight");
-    let max_in_flight =
-        f.positive("max_in_flight")
-            .or(if has_max_in_flight { None } else { Some(10) });
-    let launches_per_minute = f.positive("launches_per_minute");
-    let priority = match f.string("priority").as_deref() {
-        None | Some("job") => Some(PriorityOrder::JobPriority),
-        Some("fifo") => Some(PriorityOrder::Fifo),
-        Some(other) => {
-            f.error(
-                "priority",
-                format!("expected \"job\" or \"fifo\", got {other:?}"),
-            );
-            None
-        }
-    };
-    let pending_deadline = f
-        .duration("pending_deadline")
-        .unwrap_or(Duration::from_secs(300));
-    let running_deadline = f
-        .duration("running_deadline")
-        .unwrap_or(Duration::from_secs(3 * 3600));
-    let relaunch_budget = f.non_negative("relaunch_budget").unwrap_or(1);
-    f.finish();
-    Some(FleetConfig {
-        name: name?,
-        queue: queue?,
-        tags: tags?,
-        backend,
-        template: template?,
-        mode: mode?,
-        max_in_flight: max_in_flight?,
-        launches_per_minute,
-        priority: priority?,
-        pending_deadline,
-        running_deadline,
-        relaunch_budget,
-    })
-}
-
-fn read_template(path: &str, table: Table, errors: &mut Vec<ConfigError>) -> Option<Template> {
-    let mut f = Fields::new(path, table, errors);
-    let command = f.strings("command").unwrap_or_else(|| {
-        ["updraft", "agent", "start", "--acquire-job", "{job_id}"]
-            .map(String::from)
-            .to_vec()
-    });
-    if command.is_empty() {
-        f.error("command", "expected at least the program to run, got []");
-    }
-    let env = f.string_map("env").unwrap_or_default();
-    f.finish();
-    Some(Template { command, env })
+    tags.0.retain(|(k, _)| k != "queue");
+    tags.0.insert(0, ("queue".to_string(), queue.to_string()));
+    Some(tags)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"
-        [buildkite]
-        agent_token = "bkct_test"
-        [[fleet]]
-        name = "linux"
-        queue = "linux"
-    "#;
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let config = Config::parse(MINIMAL).unwrap();
-        let fleet = &config.fleets[0];
-        assert_eq!(fleet.tags.to_strings(), vec!["queue=linux"]);
-        assert_eq!(fleet.mode, Mode::Acquire);
-        assert_eq!(fleet.backend, "local");
-        assert_eq!(config.buildkite.poll_interval, Duration::from_secs(1));
-        assert_eq!(config.buildkite.endpoint, DEFAULT_ENDPOINT);
-        assert_eq!(fleet.template.command[4], "{job_id}");
-    }
-
-    #[test]
-    fn every_error_is_reported_with_its_path() {
-        let text = r#"
-            bogus = 1
-            [buildkite]
-            agent_token = "bkct_test"
-            poll_interval_ms = 200
-            [[fleet]]
-            name = "a"
-            queue = "linux"
-            [[fleet]]
-            name = "b"
-            queue = "gpu"
-            max_in_flight = 0
-            mode = "relay"
-            tags = ["gpu"]
-            colour = "red"
-            pending_deadline = "soon"
-        "#;
-        let errors = Config::parse(text).unwrap_err();
-        let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-        for expected in [
-            "bogus: unknown key",
-            "buildkite.poll_interval_ms: expected at least 1000 (the Stacks API asks for ≥ 1 s between polls), got 200",
-            "fleet[1].max_in_flight: expected a positive integer, got 0",
-            "fleet[1].mode: \"relay\" is not supported yet; only \"acquire\" is",
-            "fleet[1].colour: unknown key",
-            "fleet[1].tags[0]: \"gpu\" is not a key=value pair (expected e.g. \"queue=linux\")",
-        ] {
-            assert!(lines.iter().any(|l| l == expected), "missing {expected:?} in {lines:#?}");
-        }
-        assert!(lines
-            .iter()
-            .any(|l| l.starts_with("fleet[1].pending_deadline: expected a positive duration")));
-    }
-
-    #[test]
-    fn duplicate_fleet_names_and_missing_token_are_errors() {
-        let text = r#"
-            [[fleet]]
-            name = "a"
-            queue = "x"
-            [[fleet]]
-            name = "a"
-            queue = "y"
-        "#;
-        let errors = Config::parse_with_env(text, Vec::new()).unwrap_err();
-        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
-        assert!(paths.contains(&"fleet[1].name"), "{paths:?}");
-        if std::env::var(DEFAULT_AGENT_TOKEN_ENV).is_err() {
-            assert!(paths.contains(&"buildkite.agent_token"), "{paths:?}");
-        }
-    }
-
-    #[test]
-    fn environment_overrides_sections() {
-        let env = vec![
-            (
-                "UPDRAFT_BUILDKITE_POLL_INTERVAL_MS".to_string(),
-                "2500".to_string(),
-            ),
-            ("UPDRAFT_HTTP_LISTEN".to_string(), "127.0.0.1:0".to_string()),
-            (
-                "UPDRAFT_LEDGER_PATH".to_string(),
-                "/tmp/x.sqlite".to_string(),
-            ),
-            ("UNRELATED".to_string(), "1".to_string()),
-        ];
-        let config = Config::parse_with_env(MINIMAL, env).unwrap();
-        assert_eq!(config.buildkite.poll_interval, Duration::from_millis(2500));
-        assert_eq!(config.http.listen.port(), 0);
-        assert_eq!(config.ledger.path, PathBuf::from("/tmp/x.sqlite"));
-    }
-
-    #[test]
-    fn queue_tag_is_added_and_extra_tags_kept() {
-        let text = format!("{MINIMAL}\ntags = [\"docker=true\"]\n");
-        let config = Config::parse(&text).unwrap();
-        assert_eq!(
-            config.fleets[0].tags.to_strings(),
-            vec!["queue=linux", "docker=true"]
-        );
-    }
-
-    #[test]
-    fn the_example_config_is_valid() {
-        let env = vec![
-            ("BUILDKITE_AGENT_TOKEN".to_string(), "bkct_x".to_string()),
-            ("UPDRAFT_WEBHOOK_TOKEN".to_string(), "w".to_string()),
-        ];
-        let text = include_str!("../updraft.example.toml");
-        let config = Config::parse_checked(text, env, &["local"]).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(config.fleets.len(), 2);
-        assert_eq!(config.fleets[0].launches_per_minute, Some(600));
-        assert_eq!(
-            config.fleets[0].template.env["BUILDKITE_BUILD_PATH"],
-            "/tmp/builds"
-        );
-        assert_eq!(config.queues(), vec!["linux"]);
-        assert_eq!(config.ledger.retention, DEFAULT_LEDGER_RETENTION);
-    }
-
-    #[test]
-    fn ledger_retention_defaults_to_a_week_and_refuses_less_than_an_hour() {
-        let config = Config::parse(MINIMAL).unwrap();
-        assert_eq!(config.ledger.retention, DEFAULT_LEDGER_RETENTION);
-        let env = vec![("UPDRAFT_LEDGER_RETENTION".to_string(), "30d".to_string())];
-        let config = Config::parse_with_env(MINIMAL, env).unwrap();
-        assert_eq!(config.ledger.retention, Duration::from_secs(30 * 24 * 3600));
-        for (retention, expected) in [
-            (
-                "\"10m\"",
-                "ledger.retention: expected at least 1h (closed jobs stay readable at least that long), got 600s",
-            ),
-            (
-                "\"forever\"",
-                "ledger.retention: expected a positive duration like \"90s\", \"5m\", \"2h\" or \"7d\" (at most 100 years), got \"forever\"",
-            ),
-        ] {
-            let text = format!("[ledger]\nretention = {retention}\n{MINIMAL}");
-            let errors = Config::parse(&text).unwrap_err();
-            let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
-            assert_eq!(lines, vec![expected.to_string()]);
-        }
-    }
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-        assert_eq!(parse_duration("1500ms"), Some(Duration::from_millis(1500)));
-        assert_eq!(
-            parse_duration("7d"),
-            Some(Duration::from_secs(7 * 24 * 3600))
-        );
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("36501d"), None);
-        assert_eq!(parse_duration("99999999999999999d"), None);
-        assert_eq!(parse_duration("soon"), None);
-    }
-}
+mod tests;

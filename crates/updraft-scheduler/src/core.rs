@@ -5,7 +5,6 @@
 
 use crate::config::{Config, FleetConfig};
 use crate::ledger::{now_ms, Ledger, LedgerJob};
-use updraft_model::Limiter;
 use crate::router::{route, Route};
 use crate::stackset::StackSet;
 use crate::stats::{Source, Stats};
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch, Notify};
 use updraft_backends::Backend;
 use updraft_buildkite::stacks::Notification;
+use updraft_model::Limiter;
 use updraft_model::QueryRules;
 use uuid::Uuid;
 

@@ -1,6 +1,7 @@
 //! The `updraft` binary: parses the command line and hands each subcommand to the crate that
 //! does the work. No logic lives here beyond wiring.
 
+mod backends;
 mod cmd;
 
 use clap::{Parser, Subcommand};

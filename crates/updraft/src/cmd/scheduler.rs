@@ -1,19 +1,13 @@
 //! `updraft run`, `updraft check` and `updraft plan`: the scheduler's commands. `run` wires
-//! the configured fleets to the local backend and runs until SIGINT/SIGTERM or a fatal
+//! the configured fleets to their backends and runs until SIGINT/SIGTERM or a fatal
 //! error; `check` lists every problem in a config file with its field path; `plan` shows
 //! which fleet would take each job scheduled now.
 
+use crate::backends::{self, Loaded};
 use anyhow::Context;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use updraft_backends::local::{LocalBackend, LocalOptions};
-use updraft_backends::Backend;
-use updraft_scheduler::{Config, ConfigErrors, Scheduler};
-
-/// The backends this binary can launch on, by the name fleets use.
-const BACKENDS: [&str; 1] = ["local"];
+use updraft_scheduler::{ConfigErrors, Scheduler};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -25,8 +19,16 @@ pub struct RunArgs {
 #[derive(clap::Args)]
 pub struct CheckArgs {
     /// The scheduler config file (TOML) to validate.
-    #[arg(long, short, value_name = "FILE")]
-    config: PathBuf,
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "reference"
+    )]
+    config: Option<PathBuf>,
+    /// Print the reference of every configuration key (Markdown) instead.
+    #[arg(long, conflicts_with = "config")]
+    reference: bool,
 }
 
 #[derive(clap::Args)]
@@ -36,32 +38,16 @@ pub struct PlanArgs {
     config: PathBuf,
 }
 
-/// Parse and validate, including the backend names this binary knows.
-fn load(path: &Path) -> anyhow::Result<Result<Config, ConfigErrors>> {
+/// Read and check the whole file: the scheduler's sections and every backend's tables.
+fn load(path: &Path) -> anyhow::Result<Result<Loaded, ConfigErrors>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    Ok(Config::parse_checked(&text, std::env::vars(), &BACKENDS))
+    Ok(backends::load(&text, std::env::vars()))
 }
 
 fn report_errors(path: &Path, errors: &ConfigErrors) -> ExitCode {
     eprint!("{}: {errors}", path.display());
     ExitCode::FAILURE
-}
-
-async fn local_backend(config: &Config) -> anyhow::Result<LocalBackend> {
-    let mut options = LocalOptions::new(&config.local.state_dir);
-    options.max_running_per_fleet = config
-        .fleets
-        .iter()
-        .map(|fleet| (fleet.name.clone(), fleet.max_in_flight as usize))
-        .collect();
-    options.stop_grace = config.local.stop_grace;
-    LocalBackend::open(options).await.with_context(|| {
-        format!(
-            "opening the local backend in {}",
-            config.local.state_dir.display()
-        )
-    })
 }
 
 async fn terminate_signal() -> anyhow::Result<&'static str> {
@@ -74,16 +60,12 @@ async fn terminate_signal() -> anyhow::Result<&'static str> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let config = match load(&args.config)? {
-        Ok(config) => config,
+    let loaded = match load(&args.config)? {
+        Ok(loaded) => loaded,
         Err(errors) => return Ok(report_errors(&args.config, &errors)),
     };
-    let local = local_backend(&config).await?;
-    let backends: BTreeMap<String, Arc<dyn Backend>> =
-        [("local".to_string(), Arc::new(local) as Arc<dyn Backend>)]
-            .into_iter()
-            .collect();
-    let scheduler = Scheduler::start(config, backends).await?;
+    let backends = backends::open(&loaded).await?;
+    let scheduler = Scheduler::start(loaded.config, backends).await?;
     println!(
         "updraft: scheduler running; status page http://{}/status",
         scheduler.http_addr()
@@ -101,11 +83,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let config = match load(&args.config)? {
-        Ok(config) => config,
-        Err(errors) => return Ok(report_errors(&args.config, &errors)),
+    let Some(path) = args.config else {
+        print!("{}", backends::reference());
+        return Ok(ExitCode::SUCCESS);
     };
-    println!("{}: OK", args.config.display());
+    let config = match load(&path)? {
+        Ok(loaded) => loaded.config,
+        Err(errors) => return Ok(report_errors(&path, &errors)),
+    };
+    println!("{}: OK", path.display());
     println!(
         "  buildkite {} · stacks {}-<queue> · poll every {:?}",
         config.buildkite.endpoint, config.buildkite.stack_key, config.buildkite.poll_interval
@@ -127,7 +113,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
     let config = match load(&args.config)? {
-        Ok(config) => config,
+        Ok(loaded) => loaded.config,
         Err(errors) => return Ok(report_errors(&args.config, &errors)),
     };
     let plan = updraft_scheduler::plan(&config).await?;

@@ -44,12 +44,51 @@ impl fmt::Display for LaunchName {
     }
 }
 
+/// What Buildkite says of the job a launch is for: enough to label, tag and attribute the
+/// launch (pipeline, build, step, the job's agent tags) and, for a backend that asks
+/// (`Backend::needs_job_details`), the job's environment and command, which carry per-step
+/// settings such as the `kubernetes` plugin (`BUILDKITE_PLUGINS`), the step's `image`
+/// (`BUILDKITE_IMAGE`) or CodeBuild overrides (`CB_IMAGE_OVERRIDE`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobContext {
+    pub queue: String,
+    /// The job's agent query rules as Buildkite lists them (`["queue=linux",
+    /// "resource_class=large"]`).
+    pub agent_query_rules: Vec<String>,
+    pub priority: i64,
+    pub pipeline_slug: Option<String>,
+    pub build_number: Option<u64>,
+    pub build_branch: Option<String>,
+    pub step_key: Option<String>,
+    /// The job's environment from Buildkite; empty unless the backend asked for details.
+    pub env: BTreeMap<String, String>,
+    /// The job's command; `None` unless the backend asked for details.
+    pub command: Option<String>,
+}
+
+impl JobContext {
+    /// The job's agent tags as `(key, value)` pairs (`resource_class=large` → `("resource_class",
+    /// "large")`); rules that are not `key=value` are left out.
+    pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.agent_query_rules
+            .iter()
+            .filter_map(|rule| rule.split_once('='))
+    }
+
+    /// One agent tag's value.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+}
+
 /// Everything a backend needs to start one launch for one job.
 #[derive(Debug, Clone)]
 pub struct LaunchSpec {
     pub name: LaunchName,
     pub job_id: Uuid,
     pub fleet: String,
+    /// The job the launch is for.
+    pub job: JobContext,
     /// Plain environment for the launch (endpoint, job id, tags, …).
     pub env: BTreeMap<String, String>,
     /// Credentials, passed to the launch by the safest means the platform has (a Secret in
@@ -73,12 +112,25 @@ pub enum LaunchPhase {
     Pending,
     Running,
     Succeeded,
-    Failed { reason: String },
+    /// It ended badly; a launch that ends so before its agent took the job is relaunched
+    /// within the fleet's budget (an evicted pod, a lost node, a crashed process).
+    Failed {
+        reason: String,
+    },
+    /// The platform will not run it as specified (an image that cannot be pulled, a pod that
+    /// cannot be scheduled past its deadline): relaunching would fail the same way, so the job
+    /// is failed at once with the reason.
+    Refused {
+        reason: String,
+    },
 }
 
 impl LaunchPhase {
     pub fn is_finished(&self) -> bool {
-        matches!(self, LaunchPhase::Succeeded | LaunchPhase::Failed { .. })
+        matches!(
+            self,
+            LaunchPhase::Succeeded | LaunchPhase::Failed { .. } | LaunchPhase::Refused { .. }
+        )
     }
 }
 
@@ -88,6 +140,10 @@ pub struct LaunchStatus {
     pub fleet: String,
     pub phase: LaunchPhase,
     pub started_at: DateTime<Utc>,
+    /// Why a launch is not running yet, in words for the build ("pulling image
+    /// ghcr.io/acme/ci:3", "unschedulable: 0/3 nodes are available: 3 Insufficient cpu").
+    /// The scheduler posts each new detail to the job once.
+    pub detail: Option<String>,
 }
 
 #[cfg(test)]

@@ -592,6 +592,7 @@ impl Backend for LocalBackend {
                 fleet: tracked.fleet.clone(),
                 phase: tracked.phase(),
                 started_at: tracked.started_at,
+                detail: None,
             })
             .collect();
         statuses.sort_by(|a, b| {

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use updraft_backends::local::{LocalBackend, LocalOptions, LAUNCH_MARKER_VAR};
-use updraft_backends::{Backend, BackendError, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec};
+use updraft_backends::{
+    Backend, BackendError, JobContext, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec,
+};
 use updraft_model::Secret;
 use uuid::Uuid;
 
@@ -21,6 +23,7 @@ fn spec(fleet: &str, script: &str) -> LaunchSpec {
         name: LaunchName::for_job(job_id),
         job_id,
         fleet: fleet.to_string(),
+        job: JobContext::default(),
         env: BTreeMap::new(),
         secrets: BTreeMap::new(),
         command: vec!["sh".to_string(), "-c".to_string(), script.to_string()],

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
-use updraft_backends::{LaunchName, LaunchOutcome, LaunchSpec};
+use updraft_backends::{JobContext, LaunchName, LaunchOutcome, LaunchSpec};
 use updraft_buildkite::stacks::{Notification, MAX_BATCH};
 use updraft_buildkite::ApiError;
 use updraft_model::Secret;
@@ -352,6 +352,10 @@ fn spec_for(core: &Core, fleet_index: usize, job: Uuid, token: Secret) -> Launch
         name,
         job_id: job,
         fleet: fleet.name.clone(),
+        job: JobContext {
+            queue: fleet.queue.clone(),
+            ..JobContext::default()
+        },
         env,
         secrets,
         command,

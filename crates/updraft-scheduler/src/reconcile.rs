@@ -90,6 +90,7 @@ fn describe(phase: &LaunchPhase) -> String {
         LaunchPhase::Running => "running".into(),
         LaunchPhase::Succeeded => "exited".into(),
         LaunchPhase::Failed { reason } => format!("failed: {reason}"),
+        LaunchPhase::Refused { reason } => format!("was refused: {reason}"),
     }
 }
 

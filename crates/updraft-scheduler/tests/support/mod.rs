@@ -256,6 +256,7 @@ impl Backend for AgentBackend {
             .live
             .iter()
             .map(|(name, launch)| LaunchStatus {
+                detail: None,
                 name: name.clone(),
                 fleet: launch.spec_fleet.clone(),
                 phase: launch.phase.clone(),

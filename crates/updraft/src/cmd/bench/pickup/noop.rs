@@ -58,6 +58,7 @@ impl Backend for NoopBackend {
             return Ok(LaunchOutcome::AlreadyExists);
         }
         let status = LaunchStatus {
+            detail: None,
             name: spec.name.clone(),
             fleet: spec.fleet.clone(),
             phase: LaunchPhase::Running,

@@ -2,6 +2,7 @@
 //! backend, and the status a backend reports back.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
@@ -49,7 +50,8 @@ impl fmt::Display for LaunchName {
 /// (`Backend::needs_job_details`), the job's environment and command, which carry per-step
 /// settings such as the `kubernetes` plugin (`BUILDKITE_PLUGINS`), the step's `image`
 /// (`BUILDKITE_IMAGE`) or CodeBuild overrides (`CB_IMAGE_OVERRIDE`).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct JobContext {
     pub queue: String,
     /// The job's agent query rules as Buildkite lists them (`["queue=linux",
@@ -61,8 +63,10 @@ pub struct JobContext {
     pub build_branch: Option<String>,
     pub step_key: Option<String>,
     /// The job's environment from Buildkite; empty unless the backend asked for details.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// The job's command; `None` unless the backend asked for details.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
 }
 

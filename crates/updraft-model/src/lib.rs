@@ -5,6 +5,7 @@
 pub mod job_state;
 pub mod limiter;
 pub mod rules;
+pub mod scaling;
 pub mod secret;
 
 pub use job_state::JobState;

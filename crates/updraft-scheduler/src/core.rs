@@ -1,25 +1,31 @@
-//! The scheduler's shared core: its clients, ledger, backends and the in-memory intake
-//! state every task works on. Intake is here: whatever the source (push, pull, start-up),
-//! a job id is taken in once — a second sighting is counted and dropped — then routed to a
-//! fleet's waiting queue or recorded as unserved with the reason.
+//! The scheduler's shared core: its ports to Buildkite and the backends, its clock, ledger
+//! and the in-memory intake state every task works on. Intake is here: whatever the source
+//! (push, pull, start-up), a job id is taken in once — a second sighting is counted and
+//! dropped — then routed to a fleet's waiting queue or recorded as unserved with the reason.
+//! So is what the launch policy remembers between passes: fleets held back because their
+//! platform is full, and jobs waiting out a backoff after a passing failure.
 
+use crate::clock::Clock;
 use crate::config::{Config, FleetConfig};
-use crate::ledger::{now_ms, Ledger, LedgerJob};
+use crate::ledger::{Ledger, LedgerError, LedgerJob};
+use crate::ports::Buildkite;
 use crate::router::{route, Route};
-use crate::stackset::StackSet;
 use crate::stats::{Source, Stats};
 use crate::telemetry::{labels, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch, Notify};
-use updraft_backends::Backend;
+use updraft_backends::{Backend, JobContext};
 use updraft_buildkite::stacks::Notification;
-use updraft_model::Limiter;
-use updraft_model::QueryRules;
+use updraft_buildkite::ApiError;
+use updraft_model::{Limiter, QueryRules};
 use uuid::Uuid;
 
 /// How long the status page keeps showing a job of a queue no fleet serves.
 pub(crate) const UNSERVED_MEMORY: std::time::Duration = std::time::Duration::from_secs(600);
+/// The first wait after a launch failed for a passing reason; it doubles up to `MAX_BACKOFF_MS`.
+const FIRST_BACKOFF_MS: i64 = 1_000;
+const MAX_BACKOFF_MS: i64 = 30_000;
 
 /// A job some source has told us about.
 #[derive(Debug, Clone)]
@@ -30,6 +36,8 @@ pub(crate) struct Candidate {
     pub priority: i64,
     pub scheduled_at_ms: i64,
     pub source: Source,
+    /// What the source said of the job (pipeline, build, step, its agent query rules).
+    pub context: JobContext,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +61,30 @@ pub(crate) struct Tracked {
     pub phase: Phase,
     pub reason: Option<String>,
     pub picked_up: bool,
+    pub context: JobContext,
+}
+
+/// A fleet held back because its platform said it was full.
+#[derive(Debug, Clone)]
+pub(crate) struct FleetHold {
+    pub until_ms: i64,
+    pub failures: u32,
+    pub reason: String,
+}
+
+/// A job whose launch is gone while Buildkite shows an agent holding it: it waits for
+/// Buildkite's lost-agent timeout to fail it.
+#[derive(Debug, Clone)]
+pub(crate) struct LostAgent {
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+/// A job waiting out a backoff after its launch failed for a passing reason.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backoff {
+    pub until_ms: i64,
+    pub failures: u32,
 }
 
 pub(crate) struct State {
@@ -65,12 +97,22 @@ pub(crate) struct State {
     /// Launches already asked to stop; the backend escalates on its own, so one request per
     /// launch is enough (a failed request is forgotten and made again).
     pub stop_requested: HashSet<Uuid>,
+    /// Fleets whose backend answered "at capacity", by fleet index.
+    pub holds: BTreeMap<usize, FleetHold>,
+    /// Jobs waiting out a backoff before their next launch attempt.
+    pub backoff: HashMap<Uuid, Backoff>,
+    /// Jobs waiting for Buildkite to notice their agent is gone.
+    pub lost_agents: BTreeMap<Uuid, LostAgent>,
 }
 
 pub(crate) struct Core {
     pub config: Config,
-    pub stacks: StackSet,
+    pub buildkite: Arc<dyn Buildkite>,
+    pub clock: Arc<dyn Clock>,
     pub ledger: Arc<Ledger>,
+    /// Run ledger calls on the calling task instead of the blocking pool (the simulation
+    /// test, which must decide every interleaving itself).
+    pub ledger_inline: bool,
     /// Each fleet's backend, by fleet index.
     pub fleet_backends: Vec<Arc<dyn Backend>>,
     pub backends: BTreeMap<String, Arc<dyn Backend>>,
@@ -79,6 +121,8 @@ pub(crate) struct Core {
     pub wake_reconcile: Notify,
     pub to_reserve: mpsc::UnboundedSender<(usize, Uuid)>,
     pub to_launch: mpsc::UnboundedSender<Uuid>,
+    /// Launches the backend confirmed, for the ledger writer.
+    pub to_commit: mpsc::UnboundedSender<crate::ledger::LaunchRow>,
     /// (queue, notification): each goes through its queue's stack.
     pub to_notify: mpsc::UnboundedSender<(String, Notification)>,
     pub stats: Stats,
@@ -87,60 +131,86 @@ pub(crate) struct Core {
     /// Set once to stop every task.
     pub stop: watch::Sender<bool>,
     pub ready: watch::Sender<bool>,
+    /// `None` without leader election (this process leads alone); else whether it leads now.
+    pub leading: Mutex<Option<bool>>,
 }
 
 /// The receiving ends of the core's channels, handed to the tasks that drain them.
 pub(crate) struct Inboxes {
     pub to_reserve: mpsc::UnboundedReceiver<(usize, Uuid)>,
     pub to_launch: mpsc::UnboundedReceiver<Uuid>,
+    pub to_commit: mpsc::UnboundedReceiver<crate::ledger::LaunchRow>,
     pub to_notify: mpsc::UnboundedReceiver<(String, Notification)>,
 }
 
+/// What a `Core` is made of.
+pub(crate) struct Parts {
+    pub config: Config,
+    pub buildkite: Arc<dyn Buildkite>,
+    pub ledger: Arc<Ledger>,
+    pub backends: BTreeMap<String, Arc<dyn Backend>>,
+    pub fleet_backends: Vec<Arc<dyn Backend>>,
+    pub ledger_inline: bool,
+}
+
 impl Core {
-    pub fn new(
-        config: Config,
-        stacks: StackSet,
-        ledger: Arc<Ledger>,
-        backends: BTreeMap<String, Arc<dyn Backend>>,
-        fleet_backends: Vec<Arc<dyn Backend>>,
-    ) -> (Core, Inboxes) {
+    pub fn new(parts: Parts) -> (Core, Inboxes) {
         let (to_reserve, reserve_rx) = mpsc::unbounded_channel();
         let (to_launch, launch_rx) = mpsc::unbounded_channel();
+        let (to_commit, commit_rx) = mpsc::unbounded_channel();
         let (to_notify, notify_rx) = mpsc::unbounded_channel();
-        let limits: Vec<_> = config.fleets.iter().map(FleetConfig::limits).collect();
-        let limiter = Limiter::new(&limits, config.limits.max_in_flight, now_ms());
+        let clock = parts.ledger.clock().clone();
+        let limits: Vec<_> = parts
+            .config
+            .fleets
+            .iter()
+            .map(FleetConfig::limits)
+            .collect();
+        let limiter = Limiter::new(&limits, parts.config.limits.max_in_flight, clock.now_ms());
         let core = Core {
-            config,
-            stacks,
-            ledger,
-            fleet_backends,
-            backends,
+            config: parts.config,
+            buildkite: parts.buildkite,
+            clock,
+            ledger: parts.ledger,
+            ledger_inline: parts.ledger_inline,
+            fleet_backends: parts.fleet_backends,
+            backends: parts.backends,
             state: Mutex::new(State {
                 jobs: HashMap::new(),
                 limiter,
                 launching: HashSet::new(),
                 notified: HashMap::new(),
                 stop_requested: HashSet::new(),
+                holds: BTreeMap::new(),
+                backoff: HashMap::new(),
+                lost_agents: BTreeMap::new(),
             }),
             wake_dispatch: Notify::new(),
             wake_reconcile: Notify::new(),
             to_reserve,
             to_launch,
+            to_commit,
             to_notify,
             stats: Stats::default(),
             telemetry: Telemetry::new(),
             fatal: watch::channel(None).0,
             stop: watch::channel(false).0,
             ready: watch::channel(false).0,
+            leading: Mutex::new(None),
         };
         (
             core,
             Inboxes {
                 to_reserve: reserve_rx,
                 to_launch: launch_rx,
+                to_commit: commit_rx,
                 to_notify: notify_rx,
             },
         )
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
@@ -153,6 +223,33 @@ impl Core {
 
     pub fn fleet(&self, index: usize) -> &FleetConfig {
         &self.config.fleets[index]
+    }
+
+    /// Run `f` on the ledger (on the blocking pool: SQLite calls block). A ledger that cannot
+    /// be written stops the scheduler, since nothing it does is safe without one; `None` then.
+    pub async fn ledger<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Ledger) -> Result<T, LedgerError> + Send + 'static,
+    ) -> Option<T> {
+        let result = if self.ledger_inline {
+            f(&self.ledger)
+        } else {
+            let ledger = self.ledger.clone();
+            match tokio::task::spawn_blocking(move || f(&ledger)).await {
+                Ok(result) => result,
+                Err(panic) => {
+                    self.fail(format!("the ledger writer panicked: {panic}"));
+                    return None;
+                }
+            }
+        };
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.fail(format!("cannot use the ledger: {error}"));
+                None
+            }
+        }
     }
 
     /// Stop everything with an error a person can act on (e.g. a revoked token).
@@ -169,6 +266,20 @@ impl Core {
         self.stop.send_replace(true);
     }
 
+    /// A 401 from Buildkite will not fix itself: stop with a clear message. `true` when it
+    /// stopped the scheduler.
+    pub fn check_fatal(&self, what: &str, error: &ApiError) -> bool {
+        match error.status().map(|s| s.as_u16()) {
+            Some(401) => {
+                self.fail(format!(
+                    "{what}: Buildkite refused the agent token (401 Unauthorized); check [buildkite] agent_token: {error}"
+                ));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Resolves once the scheduler is asked to stop.
     pub async fn stopped(&self) {
         let mut stop = self.stop.subscribe();
@@ -179,9 +290,25 @@ impl Core {
         *self.stop.borrow()
     }
 
+    /// Whether this replica schedules (always, without leader election).
+    pub fn is_leading(&self) -> bool {
+        self.leading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or(true)
+    }
+
+    /// `"leading"`, `"following"`, or `None` without leader election.
+    pub fn role(&self) -> Option<&'static str> {
+        self.leading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|leading| if leading { "leading" } else { "following" })
+    }
+
     /// Take jobs in. Returns how many were new.
     pub fn intake(&self, candidates: Vec<Candidate>) -> usize {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut fresh = 0;
         let mut notes = Vec::new();
         {
@@ -232,6 +359,9 @@ impl Core {
                         ));
                     }
                 }
+                let mut context = candidate.context;
+                context.queue = queue.clone();
+                context.priority = candidate.priority;
                 state.jobs.insert(
                     candidate.id,
                     Tracked {
@@ -244,6 +374,7 @@ impl Core {
                         phase,
                         reason,
                         picked_up: false,
+                        context,
                     },
                 );
             }
@@ -258,10 +389,14 @@ impl Core {
         fresh
     }
 
-    /// Jobs the ledger holds open at start-up: they hold their slots again.
+    /// Jobs the ledger holds open (at start-up, or adopted from a backend's listing): they
+    /// hold their slots. A job already tracked keeps its entry.
     pub fn adopt_ledger_jobs(&self, jobs: &[LedgerJob]) {
         let mut state = self.state();
         for job in jobs {
+            if state.jobs.contains_key(&job.id) {
+                continue;
+            }
             let fleet = self.fleet_index(&job.fleet);
             if let Some(index) = fleet {
                 state.limiter.occupy(index);
@@ -278,6 +413,7 @@ impl Core {
                     phase: Phase::Owned,
                     reason: None,
                     picked_up: true,
+                    context: job.context.clone(),
                 },
             );
         }
@@ -296,6 +432,7 @@ impl Core {
         state.notified.remove(&job);
         state.stop_requested.remove(&job);
         state.launching.remove(&job);
+        state.backoff.remove(&job);
         drop(state);
         self.wake_dispatch.notify_one();
     }
@@ -359,11 +496,65 @@ impl Core {
         let fleet = self.state().jobs.get(&job).and_then(|t| t.fleet);
         fleet.map(|index| self.fleet_backends[index].clone())
     }
+
+    /// The backend said the fleet's platform is full: hold the fleet's launches back for a
+    /// while (doubling with each refusal), and say why on `/status`.
+    pub fn hold_fleet(&self, fleet: usize, reason: String) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let failures = state.holds.get(&fleet).map_or(0, |h| h.failures) + 1;
+        let wait = backoff_ms(failures);
+        state.holds.insert(
+            fleet,
+            FleetHold {
+                until_ms: now + wait,
+                failures,
+                reason,
+            },
+        );
+    }
+
+    /// A launch of the fleet started: its platform has room again.
+    pub fn clear_hold(&self, fleet: usize) {
+        self.state().holds.remove(&fleet);
+    }
+
+    /// A launch failed for a passing reason: wait before trying the job again.
+    pub fn back_off(&self, job: Uuid) {
+        let now = self.now_ms();
+        let mut state = self.state();
+        let failures = state.backoff.get(&job).map_or(0, |b| b.failures) + 1;
+        state.backoff.insert(
+            job,
+            Backoff {
+                until_ms: now + backoff_ms(failures),
+                failures,
+            },
+        );
+    }
+
+    /// Whether `job` (of fleet `fleet`) may be launched now, or waits out a hold or backoff.
+    pub fn may_launch(&self, job: Uuid, fleet: Option<usize>, now_ms: i64) -> bool {
+        let state = self.state();
+        let held = fleet
+            .and_then(|f| state.holds.get(&f))
+            .is_some_and(|h| h.until_ms > now_ms);
+        let backing_off = state.backoff.get(&job).is_some_and(|b| b.until_ms > now_ms);
+        !held && !backing_off
+    }
+}
+
+/// 1 s, 2 s, 4 s … up to 30 s.
+fn backoff_ms(failures: u32) -> i64 {
+    let doublings = failures.saturating_sub(1).min(16);
+    (FIRST_BACKOFF_MS << doublings).min(MAX_BACKOFF_MS)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
+    use crate::stackset::StackSet;
 
     fn core(dir: &std::path::Path) -> Core {
         let config = Config::parse(
@@ -371,8 +562,17 @@ mod tests {
         )
         .unwrap();
         let stacks = StackSet::new(&config).unwrap();
-        let ledger = Arc::new(Ledger::open(&dir.join("l.sqlite")).unwrap());
-        Core::new(config, stacks, ledger, BTreeMap::new(), Vec::new()).0
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+        let ledger = Arc::new(Ledger::open_with_clock(&dir.join("l.sqlite"), clock).unwrap());
+        Core::new(Parts {
+            config,
+            buildkite: Arc::new(stacks),
+            ledger,
+            backends: BTreeMap::new(),
+            fleet_backends: Vec::new(),
+            ledger_inline: true,
+        })
+        .0
     }
 
     fn candidate(rules: &[&str], source: Source) -> Candidate {
@@ -382,6 +582,7 @@ mod tests {
             priority: 0,
             scheduled_at_ms: 0,
             source,
+            context: JobContext::default(),
         }
     }
 
@@ -423,10 +624,28 @@ mod tests {
             core.state().jobs[&foreign.id].reason.as_deref(),
             Some("no fleet serves queue=gpu")
         );
-        core.forget_old_unserved(now_ms() + UNSERVED_MEMORY.as_millis() as i64 + 1);
+        core.forget_old_unserved(core.now_ms() + UNSERVED_MEMORY.as_millis() as i64 + 1);
         let state = core.state();
         assert!(!state.jobs.contains_key(&foreign.id));
         // A served queue's listing decides about this one (`forget_unlisted`).
         assert!(state.jobs.contains_key(&mismatched.id));
+    }
+
+    #[test]
+    fn holds_and_backoffs_double_up_to_a_cap_and_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let core = core(dir.path());
+        let job = Uuid::new_v4();
+        let now = core.now_ms();
+        core.back_off(job);
+        assert!(!core.may_launch(job, None, now));
+        assert!(core.may_launch(job, None, now + 1_001));
+        core.hold_fleet(0, "full".into());
+        core.hold_fleet(0, "full".into());
+        assert!(!core.may_launch(Uuid::new_v4(), Some(0), now + 1_500));
+        assert!(core.may_launch(Uuid::new_v4(), Some(0), now + 2_500));
+        core.clear_hold(0);
+        assert!(core.may_launch(Uuid::new_v4(), Some(0), now));
+        assert_eq!(backoff_ms(10), MAX_BACKOFF_MS);
     }
 }

@@ -58,9 +58,14 @@ async fn healthz(State(core): State<Arc<Core>>) -> (StatusCode, String) {
     }
 }
 
+/// Ready once started; a follower (leader election) is ready too — it serves `/metrics`
+/// and `/healthz` and takes over when the leader goes, so a rolling update must not wait on
+/// it becoming leader.
 async fn readyz(State(core): State<Arc<Core>>) -> (StatusCode, &'static str) {
     if core.fatal.borrow().is_some() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopped\n")
+    } else if core.role() == Some("following") {
+        (StatusCode::OK, "following\n")
     } else if *core.ready.borrow() {
         (StatusCode::OK, "ready\n")
     } else {

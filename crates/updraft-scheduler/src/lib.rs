@@ -46,6 +46,7 @@
 //! - `start` returns after one reconcile pass and one poll: everything scheduled at start-up
 //!   has been taken in.
 
+pub mod clock;
 pub mod config;
 mod core;
 mod http;
@@ -53,6 +54,7 @@ pub mod ledger;
 pub use updraft_model::limiter;
 mod pipeline;
 pub mod plan;
+pub mod ports;
 mod pull;
 mod push;
 mod queue_metrics;

@@ -1,21 +1,25 @@
-//! The launch pipeline, as four tasks joined by channels: the dispatcher admits waiting jobs
-//! as the limits allow (and tells Buildkite why the rest wait); the reserver writes the
-//! ledger and reserves them in batches; the launcher issues a job acquisition token right
-//! before each launch and starts it on the fleet's backend; the notifier posts the reasons.
-//! Each stage drains everything queued when it wakes, so a burst becomes a few batch calls
-//! and a lone push event goes straight through.
+//! The launch pipeline, as tasks joined by channels: the dispatcher admits waiting jobs as the
+//! limits allow (and tells Buildkite why the rest wait); the reserver writes the ledger and
+//! reserves them in batches; the launcher issues a job acquisition token right before each
+//! launch and starts it on the fleet's backend; the ledger writer records confirmed launches;
+//! the notifier posts the reasons. Each stage drains everything queued when it wakes, so a
+//! burst becomes a few batch calls and a lone push event goes straight through.
+//!
+//! Each task is a thin loop around a step function (`admit`, `reserve_admitted`,
+//! `prepare_launches`, `launch_one`, `commit_launched`, `post_notes`) that makes its outside
+//! calls through the core's ports and spawns nothing, so the simulation test can run the same
+//! steps in any interleaving it chooses.
 
 use crate::core::{Core, Phase};
-use crate::ledger::{now_ms, LaunchRow, NewReservation};
+use crate::ledger::{LaunchRow, NewReservation};
 use crate::stats::{Pickup, Stats};
 use crate::telemetry::labels;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
-use updraft_backends::{JobContext, LaunchName, LaunchOutcome, LaunchSpec};
+use updraft_backends::{BackendError, JobContext, LaunchName, LaunchOutcome, LaunchSpec};
 use updraft_buildkite::stacks::{Notification, MAX_BATCH};
-use updraft_buildkite::ApiError;
 use updraft_model::Secret;
 use uuid::Uuid;
 
@@ -23,19 +27,6 @@ use uuid::Uuid;
 const LAUNCH_CONCURRENCY: usize = 256;
 /// How often the dispatcher looks again without being woken (launch-rate refills).
 const DISPATCH_TICK: Duration = Duration::from_millis(250);
-
-/// A 401 or 403 from Buildkite will not fix itself: stop with a clear message.
-pub(crate) fn check_fatal(core: &Core, what: &str, error: &ApiError) -> bool {
-    match error.status().map(|s| s.as_u16()) {
-        Some(401) => {
-            core.fail(format!(
-                "{what}: Buildkite refused the agent token (401 Unauthorized); check [buildkite] agent_token: {error}"
-            ));
-            true
-        }
-        _ => false,
-    }
-}
 
 /// Wait for work, then take everything queued (up to `max`); `None` once stopping.
 async fn drain<T>(core: &Core, rx: &mut mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
@@ -63,105 +54,115 @@ pub(crate) async fn dispatcher(core: Arc<Core>) {
         if core.is_stopping() {
             return;
         }
-        let mut notes = Vec::new();
-        let admitted = {
-            let mut state = core.state();
-            let admitted = state.limiter.admit(now_ms());
-            for (_, job) in &admitted {
-                if let Some(tracked) = state.jobs.get_mut(job) {
-                    tracked.phase = Phase::Owned;
-                    tracked.reason = None;
+        admit(&core);
+    }
+}
+
+/// Admit what the limits allow (to the reserver) and tell Buildkite why the rest wait.
+pub(crate) fn admit(core: &Core) {
+    let mut notes = Vec::new();
+    let admitted = {
+        let mut state = core.state();
+        let admitted = state.limiter.admit(core.now_ms());
+        for (_, job) in &admitted {
+            if let Some(tracked) = state.jobs.get_mut(job) {
+                tracked.phase = Phase::Owned;
+                tracked.reason = None;
+            }
+        }
+        for (job, reason) in state.limiter.hold_reasons() {
+            if let Some(tracked) = state.jobs.get_mut(&job) {
+                if tracked.reason.as_ref() != Some(&reason) {
+                    tracked.reason = Some(reason.clone());
                 }
             }
-            for (job, reason) in state.limiter.hold_reasons() {
-                if let Some(tracked) = state.jobs.get_mut(&job) {
-                    if tracked.reason.as_ref() != Some(&reason) {
-                        tracked.reason = Some(reason.clone());
-                    }
-                }
-                if state.notified.get(&job) != Some(&reason) {
-                    state.notified.insert(job, reason.clone());
-                    let queue = state
-                        .jobs
-                        .get(&job)
-                        .map(|t| t.queue.clone())
-                        .unwrap_or_default();
-                    notes.push((
-                        queue,
-                        Notification {
-                            job_uuid: job,
-                            detail: reason,
-                            timestamp: None,
-                        },
-                    ));
-                }
+            if state.notified.get(&job) != Some(&reason) {
+                state.notified.insert(job, reason.clone());
+                let queue = state
+                    .jobs
+                    .get(&job)
+                    .map(|t| t.queue.clone())
+                    .unwrap_or_default();
+                notes.push((
+                    queue,
+                    Notification {
+                        job_uuid: job,
+                        detail: reason,
+                        timestamp: None,
+                    },
+                ));
             }
-            core.stats.set_in_flight(state.limiter.in_flight());
-            admitted
-        };
-        for item in admitted {
-            let _ = core.to_reserve.send(item);
         }
-        for note in notes {
-            let _ = core.to_notify.send(note);
-        }
+        core.stats.set_in_flight(state.limiter.in_flight());
+        admitted
+    };
+    for item in admitted {
+        let _ = core.to_reserve.send(item);
+    }
+    for note in notes {
+        let _ = core.to_notify.send(note);
     }
 }
 
 pub(crate) async fn reserver(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<(usize, Uuid)>) {
     while let Some(batch) = drain(&core, &mut inbox, MAX_BATCH).await {
-        let expiry = core.config.buildkite.reservation_expiry;
-        let rows: Vec<NewReservation> = {
-            let state = core.state();
-            batch
-                .iter()
-                .filter_map(|(fleet, job)| {
-                    let tracked = state.jobs.get(job)?;
-                    Some(NewReservation {
-                        id: *job,
-                        fleet: core.fleet(*fleet).name.clone(),
-                        queue: tracked.queue.clone(),
-                        priority: tracked.priority,
-                        scheduled_at_ms: tracked.scheduled_at_ms,
-                        source: tracked.source.as_str(),
-                        expires_at_ms: now_ms() + expiry.as_millis() as i64,
-                    })
-                })
-                .collect()
-        };
-        let mut by_queue: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
-        for row in &rows {
-            by_queue.entry(row.queue.clone()).or_default().push(row.id);
-        }
-        // The ledger learns of the reservation before Buildkite does: a crash between the
-        // two leaves a ledger row the reconciler resolves, never a reservation nobody knows.
-        let ledger = core.ledger.clone();
-        let written = tokio::task::spawn_blocking(move || ledger.record_reserved(&rows)).await;
-        match written {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return core.fail(format!("cannot write the ledger: {e}")),
-            Err(e) => return core.fail(format!("ledger writer panicked: {e}")),
-        }
-        for (queue, ids) in by_queue {
-            if !reserve_batch(&core, &queue, ids).await {
-                return;
-            }
+        if !reserve_admitted(&core, batch).await {
+            return;
         }
     }
 }
 
-/// Reserve one queue's jobs; `false` when the scheduler must stop.
-async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
+/// Record admitted jobs in the ledger, then reserve them queue by queue; `false` when the
+/// scheduler must stop.
+pub(crate) async fn reserve_admitted(core: &Core, batch: Vec<(usize, Uuid)>) -> bool {
     let expiry = core.config.buildkite.reservation_expiry;
-    match core
-        .stacks
-        .for_queue(queue)
-        .batch_reserve(&ids, Some(expiry))
+    let now = core.now_ms();
+    let rows: Vec<NewReservation> = {
+        let state = core.state();
+        batch
+            .iter()
+            .filter_map(|(fleet, job)| {
+                let tracked = state.jobs.get(job)?;
+                Some(NewReservation {
+                    id: *job,
+                    fleet: core.fleet(*fleet).name.clone(),
+                    queue: tracked.queue.clone(),
+                    priority: tracked.priority,
+                    scheduled_at_ms: tracked.scheduled_at_ms,
+                    source: tracked.source.as_str(),
+                    expires_at_ms: now + expiry.as_millis() as i64,
+                    context: tracked.context.clone(),
+                })
+            })
+            .collect()
+    };
+    let mut by_queue: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    for row in &rows {
+        by_queue.entry(row.queue.clone()).or_default().push(row.id);
+    }
+    // The ledger learns of the reservation before Buildkite does: a crash between the two
+    // leaves a ledger row the reconciler resolves, never a reservation nobody knows.
+    if core
+        .ledger(move |ledger| ledger.record_reserved(&rows))
         .await
+        .is_none()
     {
+        return false;
+    }
+    for (queue, ids) in by_queue {
+        if !reserve_batch(core, &queue, ids).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Reserve one queue's jobs; `false` when the scheduler must stop.
+async fn reserve_batch(core: &Core, queue: &str, ids: Vec<Uuid>) -> bool {
+    let expiry = core.config.buildkite.reservation_expiry;
+    match core.buildkite.reserve(queue, &ids, expiry).await {
         Ok(reservation) => {
-            let reserved: std::collections::HashSet<Uuid> =
-                reservation.reserved.iter().copied().collect();
+            let reserved: HashSet<Uuid> = reservation.reserved.iter().copied().collect();
             let refused: Vec<Uuid> = ids
                 .iter()
                 .copied()
@@ -173,24 +174,17 @@ async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
                     queue,
                     "Buildkite did not reserve some jobs"
                 );
-                let ledger = core.ledger.clone();
-                let closed = tokio::task::spawn_blocking(move || {
-                    ledger.record_not_reserved(
-                        &refused,
-                        "not reserved: taken elsewhere or no longer scheduled",
-                    )
-                })
-                .await;
+                let closed = core
+                    .ledger(move |ledger| {
+                        ledger.record_not_reserved(
+                            &refused,
+                            "not reserved: taken elsewhere or no longer scheduled",
+                        )
+                    })
+                    .await;
                 match closed {
-                    Ok(Ok(closed)) => closed.into_iter().for_each(|job| core.release(job)),
-                    Ok(Err(e)) => {
-                        core.fail(format!("cannot write the ledger: {e}"));
-                        return false;
-                    }
-                    Err(e) => {
-                        core.fail(format!("ledger writer panicked: {e}"));
-                        return false;
-                    }
+                    Some(closed) => closed.into_iter().for_each(|job| core.release(job)),
+                    None => return false,
                 }
             }
             for job in reservation.reserved {
@@ -198,7 +192,7 @@ async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
             }
         }
         Err(error) => {
-            if check_fatal(core, "reserving jobs", &error) {
+            if core.check_fatal("reserving jobs", &error) {
                 return false;
             }
             // The ledger already holds these as reserved; the reconciler reserves and
@@ -210,60 +204,78 @@ async fn reserve_batch(core: &Arc<Core>, queue: &str, ids: Vec<Uuid>) -> bool {
     true
 }
 
+/// A job with its token, recorded as launching, ready for `launch_one`.
+pub(crate) struct Ready {
+    pub job: Uuid,
+    pub attempt: u32,
+    pub token: Secret,
+}
+
 pub(crate) async fn launcher(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<Uuid>) {
     let permits = Arc::new(Semaphore::new(LAUNCH_CONCURRENCY));
-    let (launched_tx, launched_rx) = mpsc::unbounded_channel();
-    tokio::spawn(ledger_writer(core.clone(), launched_rx));
     while let Some(batch) = drain(&core, &mut inbox, MAX_BATCH).await {
-        // A job already being launched (asked for twice, e.g. by the reserver and the
-        // reconciler) is taken once.
-        let mut by_queue: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
-        {
-            let mut state = core.state();
-            for job in batch {
-                let Some(queue) = state.jobs.get(&job).map(|t| t.queue.clone()) else {
-                    continue;
-                };
-                if state.launching.insert(job) {
-                    by_queue.entry(queue).or_default().push(job);
-                }
-            }
-        }
-        for (queue, jobs) in by_queue {
-            if !issue_and_launch(&core, &queue, jobs, &permits, &launched_tx).await {
+        let Some(ready) = prepare_launches(&core, batch).await else {
+            return;
+        };
+        for launch in ready {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
                 return;
-            }
+            };
+            let core = core.clone();
+            tokio::spawn(async move {
+                launch_one(&core, launch).await;
+                drop(permit);
+            });
         }
     }
 }
 
-/// Issue tokens for one queue's jobs and start their launches; `false` when the scheduler
-/// must stop.
-async fn issue_and_launch(
-    core: &Arc<Core>,
-    queue: &str,
-    jobs: Vec<Uuid>,
-    permits: &Arc<Semaphore>,
-    launched_tx: &mpsc::UnboundedSender<LaunchRow>,
-) -> bool {
-    let lifetime = core.config.buildkite.token_lifetime;
-    let issued = match core
-        .stacks
-        .for_queue(queue)
-        .issue_job_acquisition_tokens(&jobs, lifetime)
-        .await
+pub(crate) async fn ledger_writer(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<LaunchRow>) {
+    while let Some(batch) = drain(&core, &mut inbox, 4 * MAX_BATCH).await {
+        if !commit_launched(&core, batch).await {
+            return;
+        }
+    }
+}
+
+/// Issue tokens for a batch of jobs (a job already being launched, asked for twice, e.g. by
+/// the reserver and the reconciler, is taken once) and record the launch intents; `None` when
+/// the scheduler must stop.
+pub(crate) async fn prepare_launches(core: &Core, batch: Vec<Uuid>) -> Option<Vec<Ready>> {
+    let mut by_queue: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
     {
+        let mut state = core.state();
+        for job in batch {
+            let Some(queue) = state.jobs.get(&job).map(|t| t.queue.clone()) else {
+                continue;
+            };
+            if state.launching.insert(job) {
+                by_queue.entry(queue).or_default().push(job);
+            }
+        }
+    }
+    let mut ready = Vec::new();
+    for (queue, jobs) in by_queue {
+        ready.extend(issue_tokens(core, &queue, jobs).await?);
+    }
+    Some(ready)
+}
+
+/// Issue one queue's tokens and write the launch intents; `None` when the scheduler must stop.
+async fn issue_tokens(core: &Core, queue: &str, jobs: Vec<Uuid>) -> Option<Vec<Ready>> {
+    let lifetime = core.config.buildkite.token_lifetime;
+    let issued = match core.buildkite.issue_tokens(queue, &jobs, lifetime).await {
         Ok(issued) => issued,
         Err(error) => {
-            if check_fatal(core, "issuing job acquisition tokens", &error) {
-                return false;
+            if core.check_fatal("issuing job acquisition tokens", &error) {
+                return None;
             }
             tracing::warn!(%error, count = jobs.len(), queue, "issuing job acquisition tokens failed; the reconciler will retry");
             let mut state = core.state();
             for job in &jobs {
                 state.launching.remove(job);
             }
-            return true;
+            return Some(Vec::new());
         }
     };
     if !issued.not_issued.is_empty() {
@@ -284,46 +296,39 @@ async fn issue_and_launch(
         .copied()
         .filter(|j| tokens.contains_key(j))
         .collect();
-    let ledger = core.ledger.clone();
-    let attempts =
-        match tokio::task::spawn_blocking(move || ledger.record_launching(&with_token)).await {
-            Ok(Ok(attempts)) => attempts,
-            Ok(Err(e)) => {
-                core.fail(format!("cannot write the ledger: {e}"));
-                return false;
-            }
-            Err(e) => {
-                core.fail(format!("ledger writer panicked: {e}"));
-                return false;
-            }
-        };
+    let attempts = core
+        .ledger(move |ledger| ledger.record_launching(&with_token))
+        .await?;
     {
         // Jobs the ledger would not move to launching (closed meanwhile) are dropped.
-        let launching: std::collections::HashSet<Uuid> = attempts.iter().map(|(j, _)| *j).collect();
+        let launching: HashSet<Uuid> = attempts.iter().map(|(j, _)| *j).collect();
         let mut state = core.state();
         for job in tokens.keys().filter(|j| !launching.contains(j)) {
             state.launching.remove(job);
         }
     }
-    for (job, attempt) in attempts {
-        let Some(token) = tokens.get(&job).cloned() else {
-            continue;
-        };
-        let permit = match permits.clone().acquire_owned().await {
-            Ok(permit) => permit,
-            Err(_) => return false,
-        };
-        let core = core.clone();
-        let launched_tx = launched_tx.clone();
-        tokio::spawn(async move {
-            launch_one(&core, job, attempt, token, &launched_tx).await;
-            drop(permit);
-        });
-    }
-    true
+    Some(
+        attempts
+            .into_iter()
+            .filter_map(|(job, attempt)| {
+                let token = tokens.get(&job)?.clone();
+                Some(Ready {
+                    job,
+                    attempt,
+                    token,
+                })
+            })
+            .collect(),
+    )
 }
 
-fn spec_for(core: &Core, fleet_index: usize, job: Uuid, token: Secret) -> LaunchSpec {
+fn spec_for(
+    core: &Core,
+    fleet_index: usize,
+    job: Uuid,
+    token: Secret,
+    context: JobContext,
+) -> LaunchSpec {
     let fleet = core.fleet(fleet_index);
     let id = job.to_string();
     let name = LaunchName::for_job(job);
@@ -352,10 +357,7 @@ fn spec_for(core: &Core, fleet_index: usize, job: Uuid, token: Secret) -> Launch
         name,
         job_id: job,
         fleet: fleet.name.clone(),
-        job: JobContext {
-            queue: fleet.queue.clone(),
-            ..JobContext::default()
-        },
+        job: context,
         env,
         secrets,
         command,
@@ -363,21 +365,45 @@ fn spec_for(core: &Core, fleet_index: usize, job: Uuid, token: Secret) -> Launch
     }
 }
 
-async fn launch_one(
-    core: &Core,
-    job: Uuid,
-    attempt: u32,
-    token: Secret,
-    launched: &mpsc::UnboundedSender<LaunchRow>,
-) {
-    let Some(fleet_index) = core.state().jobs.get(&job).and_then(|t| t.fleet) else {
+/// Start one launch on its fleet's backend and route the outcome: a started launch goes to
+/// the ledger writer; a failure is handled by its class (refused → the reconciler fails the
+/// job once; at capacity → the fleet is held back; unavailable → the job backs off; fatal →
+/// the scheduler stops).
+pub(crate) async fn launch_one(core: &Core, ready: Ready) {
+    let Ready {
+        job,
+        attempt,
+        token,
+    } = ready;
+    let tracked = core
+        .state()
+        .jobs
+        .get(&job)
+        .and_then(|t| Some((t.fleet?, t.context.clone())));
+    let Some((fleet_index, mut context)) = tracked else {
         core.state().launching.remove(&job);
         return;
     };
-    let spec = spec_for(core, fleet_index, job, token);
+    let backend = core.fleet_backends[fleet_index].clone();
+    if backend.needs_job_details() {
+        match core.buildkite.job_details(&context.queue, job).await {
+            Ok(details) => {
+                context.env = details.env;
+                context.command = details.command;
+            }
+            Err(error) => {
+                let failure = BackendError::Unavailable {
+                    backend: backend.kind(),
+                    detail: format!("reading the job's details from Buildkite: {error}"),
+                };
+                return launch_failed(core, job, fleet_index, failure).await;
+            }
+        }
+    }
+    let spec = spec_for(core, fleet_index, job, token, context);
     let fleet = spec.fleet.clone();
-    let result = core.fleet_backends[fleet_index].launch(&spec).await;
-    let now = now_ms();
+    let result = backend.launch(&spec).await;
+    let now = core.now_ms();
     let outcome = match &result {
         Ok(LaunchOutcome::Started) => "started",
         Ok(LaunchOutcome::AlreadyExists) => "already_exists",
@@ -389,12 +415,14 @@ async fn launch_one(
         .inc();
     match result {
         Ok(outcome) => {
+            core.clear_hold(fleet_index);
+            core.state().backoff.remove(&job);
             // An existing launch of this name (found after a restart) is recorded, not
             // counted: it was launched once already.
             if outcome == LaunchOutcome::Started {
                 Stats::add(&core.stats.launched, 1);
             }
-            let _ = launched.send(LaunchRow {
+            let _ = core.to_commit.send(LaunchRow {
                 name: spec.name.to_string(),
                 job_id: job,
                 fleet: fleet.clone(),
@@ -403,63 +431,98 @@ async fn launch_one(
                 ended_at_ms: None,
                 outcome: None,
             });
-            let pickup = {
-                let mut state = core.state();
-                state.jobs.get_mut(&job).filter(|t| !t.picked_up).map(|t| {
-                    t.picked_up = true;
-                    Pickup {
-                        job,
-                        source: t.source,
-                        scheduled_at_ms: t.scheduled_at_ms,
-                        seen_at_ms: t.seen_at_ms,
-                        launched_at_ms: now,
-                    }
-                })
-            };
-            if let Some(pickup) = pickup {
-                core.telemetry
-                    .pickup_latency
-                    .get_or_create(&labels(&[
-                        ("fleet", &fleet),
-                        ("source", pickup.source.as_str()),
-                    ]))
-                    .observe(pickup.latency().as_secs_f64());
-                core.stats.record_pickup(pickup);
-            }
+            record_pickup(core, job, &fleet, now);
         }
-        Err(error) => {
-            Stats::add(&core.stats.launch_failures, 1);
-            tracing::warn!(%error, %job, fleet, "launch failed; the reconciler will retry it");
-            let ledger = core.ledger.clone();
-            let detail = error.to_string();
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || ledger.record_launch_failed(job, &detail)).await
-            {
-                core.fail(format!("cannot write the ledger: {e}"));
-            }
-            core.state().launching.remove(&job);
+        Err(error) => launch_failed(core, job, fleet_index, error).await,
+    }
+}
+
+async fn launch_failed(core: &Core, job: Uuid, fleet: usize, error: BackendError) {
+    Stats::add(&core.stats.launch_failures, 1);
+    let backend = core.fleet_backends[fleet].kind();
+    core.telemetry
+        .backend_failures
+        .get_or_create(&labels(&[
+            ("backend", backend),
+            ("call", "launch"),
+            ("kind", error.metric_label()),
+        ]))
+        .inc();
+    let detail = error.to_string();
+    let fleet_name = &core.fleet(fleet).name;
+    match error {
+        BackendError::Invalid { detail: reason, .. } => {
+            tracing::warn!(%job, reason, "the backend refused the launch; the job will be failed with the reason");
+            core.ledger(move |ledger| ledger.record_refused(job, &reason))
+                .await;
+            core.wake_reconcile.notify_one();
         }
+        BackendError::AtCapacity { .. } => {
+            tracing::info!(%job, detail, "the backend is at capacity; holding the fleet back");
+            let note = detail.clone();
+            core.ledger(move |ledger| ledger.record_launch_failed(job, &note))
+                .await;
+            core.hold_fleet(fleet, format!("fleet {fleet_name} held back: {detail}"));
+        }
+        BackendError::Unavailable { .. } => {
+            tracing::warn!(%job, detail, "launch failed; retrying after a backoff");
+            let note = detail.clone();
+            core.ledger(move |ledger| ledger.record_launch_failed(job, &note))
+                .await;
+            core.back_off(job);
+        }
+        BackendError::Fatal { .. } => {
+            core.fail(format!("launching: {detail}"));
+        }
+    }
+    core.state().launching.remove(&job);
+}
+
+fn record_pickup(core: &Core, job: Uuid, fleet: &str, now: i64) {
+    let pickup = {
+        let mut state = core.state();
+        state.jobs.get_mut(&job).filter(|t| !t.picked_up).map(|t| {
+            t.picked_up = true;
+            Pickup {
+                job,
+                source: t.source,
+                scheduled_at_ms: t.scheduled_at_ms,
+                seen_at_ms: t.seen_at_ms,
+                launched_at_ms: now,
+            }
+        })
+    };
+    if let Some(pickup) = pickup {
+        core.telemetry
+            .pickup_latency
+            .get_or_create(&labels(&[
+                ("fleet", fleet),
+                ("source", pickup.source.as_str()),
+            ]))
+            .observe(pickup.latency().as_secs_f64());
+        core.stats.record_pickup(pickup);
     }
 }
 
 /// Confirmed launches reach the ledger in batches; the intent written before each launch
 /// keeps a crash in between recoverable (the reconciler adopts the running launch). A job
 /// stays marked as launching until its launch is committed here, so no second launch
-/// attempt can slip in between the backend's answer and the ledger's record.
-async fn ledger_writer(core: Arc<Core>, mut inbox: mpsc::UnboundedReceiver<LaunchRow>) {
-    while let Some(batch) = drain(&core, &mut inbox, 4 * MAX_BATCH).await {
-        let ledger = core.ledger.clone();
-        let jobs: Vec<Uuid> = batch.iter().map(|row| row.job_id).collect();
-        match tokio::task::spawn_blocking(move || ledger.record_launched(&batch)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return core.fail(format!("cannot write the ledger: {e}")),
-            Err(e) => return core.fail(format!("ledger writer panicked: {e}")),
-        }
-        let mut state = core.state();
-        for job in jobs {
-            state.launching.remove(&job);
-        }
+/// attempt can slip in between the backend's answer and the ledger's record. `false` when
+/// the scheduler must stop.
+pub(crate) async fn commit_launched(core: &Core, batch: Vec<LaunchRow>) -> bool {
+    let jobs: Vec<Uuid> = batch.iter().map(|row| row.job_id).collect();
+    if core
+        .ledger(move |ledger| ledger.record_launched(&batch))
+        .await
+        .is_none()
+    {
+        return false;
     }
+    let mut state = core.state();
+    for job in jobs {
+        state.launching.remove(&job);
+    }
+    true
 }
 
 pub(crate) async fn notifier(
@@ -467,28 +530,36 @@ pub(crate) async fn notifier(
     mut inbox: mpsc::UnboundedReceiver<(String, Notification)>,
 ) {
     while let Some(batch) = drain(&core, &mut inbox, MAX_BATCH).await {
-        let mut by_queue: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
-        for (queue, note) in batch {
-            by_queue.entry(queue).or_default().push(note);
+        if !post_notes(&core, batch).await {
+            return;
         }
-        for (queue, notes) in by_queue {
-            match core.stacks.for_queue(&queue).notify(&notes).await {
-                Ok(result) => {
-                    for error in result.errors {
-                        tracing::debug!(
-                            error = error.error,
-                            count = error.indexes.len(),
-                            "Buildkite refused some notifications"
-                        );
-                    }
+    }
+}
+
+/// Post a batch of notifications, queue by queue; `false` when the scheduler must stop.
+pub(crate) async fn post_notes(core: &Core, batch: Vec<(String, Notification)>) -> bool {
+    let mut by_queue: BTreeMap<String, Vec<Notification>> = BTreeMap::new();
+    for (queue, note) in batch {
+        by_queue.entry(queue).or_default().push(note);
+    }
+    for (queue, notes) in by_queue {
+        match core.buildkite.notify(&queue, &notes).await {
+            Ok(result) => {
+                for error in result.errors {
+                    tracing::debug!(
+                        error = error.error,
+                        count = error.indexes.len(),
+                        "Buildkite refused some notifications"
+                    );
                 }
-                Err(error) => {
-                    if check_fatal(&core, "posting notifications", &error) {
-                        return;
-                    }
-                    tracing::warn!(%error, count = notes.len(), queue, "posting notifications failed");
+            }
+            Err(error) => {
+                if core.check_fatal("posting notifications", &error) {
+                    return false;
                 }
+                tracing::warn!(%error, count = notes.len(), queue, "posting notifications failed");
             }
         }
     }
+    true
 }

@@ -4,11 +4,11 @@
 //! which waiting jobs are gone (taken elsewhere, canceled).
 
 use crate::core::{Candidate, Core};
-use crate::ledger::now_ms;
-use crate::pipeline::check_fatal;
+use crate::stackset::StackSet;
 use crate::stats::Source;
 use std::collections::HashSet;
 use std::sync::Arc;
+use updraft_backends::JobContext;
 use updraft_buildkite::stacks::{ScheduledJob, StacksClient};
 use updraft_buildkite::ApiError;
 use updraft_model::QueryRules;
@@ -25,6 +25,14 @@ pub(crate) fn candidate(job: &ScheduledJob, source: Source) -> Candidate {
         priority: job.priority.unwrap_or(0),
         scheduled_at_ms: job.scheduled_at.timestamp_millis(),
         source,
+        context: JobContext {
+            agent_query_rules: job.agent_query_rules.clone(),
+            pipeline_slug: Some(job.pipeline.slug.clone()).filter(|s| !s.is_empty()),
+            build_number: job.build.number,
+            build_branch: job.build.branch.clone(),
+            step_key: job.step.key.clone(),
+            ..JobContext::default()
+        },
     }
 }
 
@@ -57,7 +65,7 @@ pub(crate) async fn list_queue(
 
 /// Poll every `poll_interval`, starting one interval from now (start-up runs `poll_all`
 /// itself before returning).
-pub(crate) async fn poller(core: Arc<Core>) {
+pub(crate) async fn poller(core: Arc<Core>, stacks: StackSet) {
     let interval = core.config.buildkite.poll_interval;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -66,19 +74,19 @@ pub(crate) async fn poller(core: Arc<Core>) {
             _ = ticker.tick() => {}
             _ = core.stopped() => return,
         }
-        if !poll_all(&core).await {
+        if !poll_all(&core, &stacks).await {
             return;
         }
-        core.forget_old_unserved(now_ms());
+        core.forget_old_unserved(core.now_ms());
     }
 }
 
 /// One poll of every served queue; `false` when the scheduler must stop.
-pub(crate) async fn poll_all(core: &Arc<Core>) -> bool {
+pub(crate) async fn poll_all(core: &Core, stacks: &StackSet) -> bool {
     for queue in core.config.queues() {
-        let started = now_ms();
+        let started = core.now_ms();
         match list_queue(
-            core.stacks.for_queue(&queue),
+            stacks.for_queue(&queue),
             &queue,
             core.config.buildkite.page_limit,
         )
@@ -92,14 +100,10 @@ pub(crate) async fn poll_all(core: &Arc<Core>) -> bool {
                     );
                     continue;
                 }
-                let listed: HashSet<_> = jobs.iter().map(|j| j.id).collect();
-                core.intake(jobs.iter().map(|j| candidate(j, Source::Pull)).collect());
-                if complete {
-                    core.forget_unlisted(&queue, &listed, started);
-                }
+                take_in_listing(core, &queue, &jobs, complete, started);
             }
             Err(error) => {
-                if check_fatal(core, "polling scheduled jobs", &error) {
+                if core.check_fatal("polling scheduled jobs", &error) {
                     return false;
                 }
                 tracing::warn!(%error, queue, "polling scheduled jobs failed; trying again next interval");
@@ -107,4 +111,19 @@ pub(crate) async fn poll_all(core: &Arc<Core>) -> bool {
         }
     }
     true
+}
+
+/// Take in one queue's listing; a complete one also tells intake which waiting jobs are gone.
+pub(crate) fn take_in_listing(
+    core: &Core,
+    queue: &str,
+    jobs: &[ScheduledJob],
+    complete: bool,
+    started_ms: i64,
+) {
+    let listed: HashSet<_> = jobs.iter().map(|j| j.id).collect();
+    core.intake(jobs.iter().map(|j| candidate(j, Source::Pull)).collect());
+    if complete {
+        core.forget_unlisted(queue, &listed, started_ms);
+    }
 }

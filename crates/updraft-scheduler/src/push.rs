@@ -6,7 +6,6 @@
 //! once — and a job finishing wakes the reconciler so a cancel stops its launch promptly.
 
 use crate::core::{Candidate, Core};
-use crate::ledger::now_ms;
 use crate::stats::Source;
 use crate::telemetry::labels;
 use axum::body::Bytes;
@@ -15,6 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use std::sync::Arc;
+use updraft_backends::JobContext;
 use updraft_buildkite::events::{
     parse_eventbridge, parse_webhook, EventKind, PushEvent, Rejection, WebhookVerifier,
     SIGNATURE_HEADER, TOKEN_HEADER,
@@ -44,6 +44,13 @@ fn is_credential_problem(rejection: &Rejection) -> bool {
 type Reply = (StatusCode, String);
 
 fn verify(core: &Core, headers: &HeaderMap, body: &[u8]) -> Result<(), Reply> {
+    if !core.is_leading() {
+        // The leader takes the job in; Buildkite's poll is the safety net for this event.
+        return Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is not the leader; send push events to the leader\n".into(),
+        ));
+    }
     let Some(token) = &core.config.push.webhook_token else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -100,30 +107,46 @@ async fn eventbridge(State(core): State<Arc<Core>>, headers: HeaderMap, body: By
     }
 }
 
+/// A "job scheduled" event as a candidate for intake; `None` when its job id is not a UUID.
+pub(crate) fn candidate(core: &Core, event: &PushEvent) -> Option<Candidate> {
+    let job = event.job.as_ref()?;
+    let id = job.id.parse::<Uuid>().ok()?;
+    let scheduled_at_ms = job
+        .runnable_at
+        .or(event.time)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or_else(|| core.now_ms());
+    let context = JobContext {
+        agent_query_rules: job.agent_query_rules.to_strings(),
+        pipeline_slug: event.pipeline.as_ref().and_then(|p| p.slug.clone()),
+        build_number: event.build.as_ref().and_then(|b| b.number),
+        build_branch: event.build.as_ref().and_then(|b| b.branch.clone()),
+        step_key: job.step_key.clone(),
+        ..JobContext::default()
+    };
+    Some(Candidate {
+        id,
+        rules: Ok(job.agent_query_rules.clone()),
+        priority: job.priority.unwrap_or(0),
+        scheduled_at_ms,
+        source: Source::Push,
+        context,
+    })
+}
+
 fn handle(core: &Core, event: PushEvent) -> Reply {
     let kind = event.kind;
     let result = match (kind, &event.job) {
-        (EventKind::JobScheduled, Some(job)) => match job.id.parse::<Uuid>() {
-            Ok(id) => {
-                let scheduled_at_ms = job
-                    .runnable_at
-                    .or(event.time)
-                    .map(|t| t.timestamp_millis())
-                    .unwrap_or_else(now_ms);
-                let fresh = core.intake(vec![Candidate {
-                    id,
-                    rules: Ok(job.agent_query_rules.clone()),
-                    priority: job.priority.unwrap_or(0),
-                    scheduled_at_ms,
-                    source: Source::Push,
-                }]);
+        (EventKind::JobScheduled, Some(job)) => match candidate(core, &event) {
+            Some(candidate) => {
+                let fresh = core.intake(vec![candidate]);
                 if fresh == 1 {
                     "taken"
                 } else {
                     "duplicate"
                 }
             }
-            Err(_) => {
+            None => {
                 core.telemetry
                     .push_events
                     .get_or_create(&labels(&[("kind", kind.name()), ("result", "refused")]))

@@ -3,7 +3,6 @@
 //! `Buildkite-Agent-Metrics-Poll-Duration` allows.
 
 use crate::core::Core;
-use crate::pipeline::check_fatal;
 use std::sync::Arc;
 use updraft_buildkite::metrics::MetricsClient;
 use updraft_buildkite::ClientOptions;
@@ -32,7 +31,7 @@ pub(crate) async fn poller(core: Arc<Core>) {
                     });
             }
             Err(error) => {
-                if check_fatal(&core, "reading queue metrics", &error) {
+                if core.check_fatal("reading queue metrics", &error) {
                     return;
                 }
                 tracing::debug!(%error, "reading queue metrics failed; trying again next interval");

@@ -1,8 +1,16 @@
-//! The reconciler's decision: a pure function from what the ledger holds, what Buildkite
-//! says of each job and what the backends list, to the actions that converge them — one
-//! launch per job, no more, no fewer. The scheduler runs it at start-up and every few
-//! seconds; any event may have been lost in between, so it trusts nothing but these three
-//! observations.
+//! The reconciler's decision: a pure function from what the ledger holds, what Buildkite says
+//! of each job and what the backends list, to the actions that converge them — one launch per
+//! job, no more, no fewer. The scheduler runs it at start-up and every few seconds; any event
+//! may have been lost in between, so it trusts nothing but these three observations, and it
+//! takes nothing for proof that is not:
+//!
+//! - a launch is *gone* only when the ledger says it was confirmed **before** the listing
+//!   began and the listing lacks it (a launch confirmed later may simply not be listed yet);
+//! - a job Buildkite shows an agent holding (accepted, running, or later) is never finished
+//!   by the scheduler: if its launch died, Buildkite fails it after its lost-agent timeout,
+//!   and the job is reported as waiting for that (`AgentLost`);
+//! - `Finish` and deadline stops are irreversible, so the executor re-reads the job's state
+//!   right before them (`reconciler.rs`).
 
 use crate::ledger::{LedgerJob, Stage};
 use std::collections::HashMap;
@@ -16,6 +24,8 @@ use uuid::Uuid;
 pub struct LaunchView {
     pub phase: LaunchPhase,
     pub started_at_ms: i64,
+    /// Why it is not running yet, if the backend says.
+    pub detail: Option<String>,
 }
 
 /// One open ledger job with its Buildkite state and its launch, if any.
@@ -30,6 +40,8 @@ pub struct Observed {
 #[derive(Debug, Clone)]
 pub struct Stray {
     pub job: Uuid,
+    /// The fleet the backend says the launch belongs to.
+    pub fleet: String,
     pub state: Option<JobState>,
     pub launch: LaunchView,
 }
@@ -49,16 +61,28 @@ pub enum Action {
     Launch { job: Uuid },
     /// Record a launch the backend has but the ledger does not (crash right after launch).
     Adopt { job: Uuid },
+    /// Take a listed launch of a live job the ledger has no row for (a lost ledger, a new
+    /// leader) into the ledger, so it is reconciled and never launched twice.
+    AdoptStray { job: Uuid, fleet: String },
     /// Note that the job's agent has taken it (starts the running deadline).
     MarkRunning { job: Uuid },
-    /// Ask the launch to stop.
-    Stop { job: Uuid, reason: String },
+    /// Ask the launch to stop. With `unless_taken`, only if a fresh read shows no agent has
+    /// the job yet (a pending deadline must never kill a job that just started).
+    Stop {
+        job: Uuid,
+        reason: String,
+        unless_taken: bool,
+    },
     /// Remove a finished or orphaned launch.
     Delete { job: Uuid },
     /// Delete the dead launch and launch again: its agent never took the job.
     Relaunch { job: Uuid, reason: String },
-    /// Finish the job in Buildkite with this reason (shown in the build), then close it.
+    /// Fail the job in Buildkite with this reason (shown in the build), then close it — only
+    /// if a fresh read shows no agent has taken it.
     Finish { job: Uuid, reason: String },
+    /// The launch is gone while Buildkite shows an agent holding the job: say so (once) and
+    /// wait for Buildkite to fail the job when it marks the agent lost.
+    AgentLost { job: Uuid, reason: String },
     /// Close the job in the ledger and free its slot.
     Close { job: Uuid, outcome: String },
 }
@@ -68,19 +92,39 @@ impl Action {
         match self {
             Action::Launch { .. } => "launch",
             Action::Adopt { .. } => "adopt",
+            Action::AdoptStray { .. } => "adopt_stray",
             Action::MarkRunning { .. } => "mark_running",
             Action::Stop { .. } => "stop",
             Action::Delete { .. } => "delete",
             Action::Relaunch { .. } => "relaunch",
             Action::Finish { .. } => "finish",
+            Action::AgentLost { .. } => "agent_lost",
             Action::Close { .. } => "close",
+        }
+    }
+
+    pub fn job(&self) -> Uuid {
+        match self {
+            Action::Launch { job }
+            | Action::Adopt { job }
+            | Action::AdoptStray { job, .. }
+            | Action::MarkRunning { job }
+            | Action::Stop { job, .. }
+            | Action::Delete { job }
+            | Action::Relaunch { job, .. }
+            | Action::Finish { job, .. }
+            | Action::AgentLost { job, .. }
+            | Action::Close { job, .. } => *job,
         }
     }
 
     /// Whether the action changes anything outside the ledger's bookkeeping (counted as a
     /// correction in metrics).
     pub fn is_correction(&self) -> bool {
-        !matches!(self, Action::MarkRunning { .. } | Action::Close { .. })
+        !matches!(
+            self,
+            Action::MarkRunning { .. } | Action::Close { .. } | Action::AgentLost { .. }
+        )
     }
 }
 
@@ -94,19 +138,16 @@ fn describe(phase: &LaunchPhase) -> String {
     }
 }
 
-/// Not yet taken by an agent: a launch may still (re)start it.
-fn awaiting_agent(state: JobState) -> bool {
+/// Not yet taken by an agent: a launch may still (re)start it, and the scheduler may fail it.
+pub fn awaiting_agent(state: JobState) -> bool {
     matches!(state, JobState::Scheduled | JobState::Reserved)
 }
 
-/// A launch confirmed less than this before the backends were listed may be missing from
-/// the listing only because the two crossed; its absence proves nothing yet.
-pub const LISTING_MARGIN_MS: i64 = 1000;
-
 /// The actions for one pass. `policies` is keyed by fleet name; `listed_at_ms` is when the
-/// backends' launches were listed (before the ledger and Buildkite were read). A job of a
-/// fleet no longer configured is still reconciled with default deadlines, but never launched
-/// again: where it would be, it is finished with that reason instead.
+/// listing of the backends' launches began (before the ledger and Buildkite were read). A job
+/// of a fleet no longer configured is still reconciled with default deadlines, but never
+/// launched again: where it would be, it is finished with that reason instead. Actions come in
+/// the order of `observed`, then `strays`.
 pub fn decide(
     observed: &[Observed],
     strays: &[Stray],
@@ -139,13 +180,19 @@ pub fn decide(
     }
     for stray in strays {
         let alive = stray.state.is_some_and(|s| !s.is_terminal());
-        match (&stray.launch.phase, alive) {
-            (phase, _) if phase.is_finished() => actions.push(Action::Delete { job: stray.job }),
-            (_, false) => actions.push(Action::Stop {
+        if alive && policies.contains_key(&stray.fleet) {
+            actions.push(Action::AdoptStray {
+                job: stray.job,
+                fleet: stray.fleet.clone(),
+            });
+        } else if stray.launch.phase.is_finished() {
+            actions.push(Action::Delete { job: stray.job });
+        } else if !alive {
+            actions.push(Action::Stop {
                 job: stray.job,
                 reason: "launch has no live job".into(),
-            }),
-            _ => {}
+                unless_taken: false,
+            });
         }
     }
     actions
@@ -159,10 +206,11 @@ fn decide_job(
     actions: &mut Vec<Action>,
 ) {
     let job = item.job.id;
-    // No launch listed, and the ledger's last change is old enough that the launch would
-    // have been listed if it existed.
-    let vanished =
-        item.launch.is_none() && item.job.stage_since_ms <= listed_at_ms - LISTING_MARGIN_MS;
+    // Gone only on proof: confirmed (ledger `launched`) before the listing began, yet not
+    // listed. A launch confirmed in the same millisecond the listing began proves nothing.
+    let vanished = item.launch.is_none()
+        && item.job.stage == Stage::Launched
+        && item.job.stage_since_ms < listed_at_ms;
     let launch_running = item.launch.as_ref().is_some_and(|l| !l.phase.is_finished());
     let age = |since_ms: i64| Duration::from_millis((now_ms - since_ms).max(0) as u64);
     let Some(state) = item.state else {
@@ -171,6 +219,7 @@ fn decide_job(
             actions.push(Action::Stop {
                 job,
                 reason: "Buildkite no longer reports the job".into(),
+                unless_taken: false,
             });
         } else {
             if item.launch.is_some() {
@@ -190,6 +239,7 @@ fn decide_job(
                 actions.push(Action::Stop {
                     job,
                     reason: format!("job {state}"),
+                    unless_taken: false,
                 });
             }
         } else {
@@ -204,74 +254,24 @@ fn decide_job(
         return;
     }
 
-    if state.is_stopping() {
-        if launch_running {
-            actions.push(Action::Stop {
-                job,
-                reason: format!("job {state}"),
-            });
-        } else if item.launch.is_some() || vanished {
-            if item.launch.is_some() {
-                actions.push(Action::Delete { job });
-            }
-            actions.push(Action::Finish {
-                job,
-                reason: format!("the launch ended while the job was {state}"),
-            });
-        }
-        return;
-    }
-
     if awaiting_agent(state) {
-        match (&item.launch, item.job.stage) {
-            (None, Stage::Reserved | Stage::Launching) => actions.push(Action::Launch { job }),
-            (None, _) if vanished => relaunch_or_finish(
-                item,
-                policy,
-                "the launch disappeared before its agent took the job",
-                actions,
-            ),
-            (None, _) => {}
-            (Some(launch), _) if launch.phase.is_finished() => relaunch_or_finish(
-                item,
-                policy,
-                &format!(
-                    "the launch {} before its agent took the job",
-                    describe(&launch.phase)
-                ),
-                actions,
-            ),
-            (Some(launch), stage) => {
-                if stage != Stage::Launched {
-                    actions.push(Action::Adopt { job });
-                }
-                if age(launch.started_at_ms) > policy.pending_deadline {
-                    actions.push(Action::Stop {
-                        job,
-                        reason: format!(
-                            "its agent did not take the job within pending_deadline {:?}",
-                            policy.pending_deadline
-                        ),
-                    });
-                }
-            }
-        }
+        decide_awaiting(item, policy, vanished, &age, actions);
         return;
     }
 
     if state.is_active() {
-        if item.job.running_since_ms.is_none() {
+        if item.job.running_since_ms.is_none() && !state.is_stopping() {
             actions.push(Action::MarkRunning { job });
         }
         match &item.launch {
-            None if vanished => actions.push(Action::Finish {
+            None if vanished => actions.push(Action::AgentLost {
                 job,
                 reason: format!("the launch disappeared while the job was {state}"),
             }),
             None => {}
             Some(launch) if launch.phase.is_finished() => {
                 actions.push(Action::Delete { job });
-                actions.push(Action::Finish {
+                actions.push(Action::AgentLost {
                     job,
                     reason: format!(
                         "the launch {} while the job was {state}",
@@ -279,24 +279,106 @@ fn decide_job(
                     ),
                 });
             }
+            Some(_) if state.is_stopping() => actions.push(Action::Stop {
+                job,
+                reason: format!("job {state}"),
+                unless_taken: false,
+            }),
             Some(_) => {
                 if item.job.stage != Stage::Launched {
                     actions.push(Action::Adopt { job });
                 }
                 let running_for = item.job.running_since_ms.map(age).unwrap_or_default();
                 if running_for > policy.running_deadline {
-                    let reason = format!(
-                        "the job ran past running_deadline {:?}",
-                        policy.running_deadline
-                    );
                     actions.push(Action::Stop {
                         job,
-                        reason: reason.clone(),
+                        reason: format!(
+                            "the job ran past running_deadline {:?}",
+                            policy.running_deadline
+                        ),
+                        unless_taken: false,
                     });
-                    actions.push(Action::Finish { job, reason });
                 }
             }
         }
+    }
+}
+
+/// A job no agent has taken yet.
+fn decide_awaiting(
+    item: &Observed,
+    policy: &FleetPolicy,
+    vanished: bool,
+    age: &dyn Fn(i64) -> Duration,
+    actions: &mut Vec<Action>,
+) {
+    let job = item.job.id;
+    if let Some(reason) = &item.job.refused {
+        match &item.launch {
+            Some(launch) if !launch.phase.is_finished() => actions.push(Action::Stop {
+                job,
+                reason: format!("the launch was refused: {reason}"),
+                unless_taken: true,
+            }),
+            launch => {
+                if launch.is_some() {
+                    actions.push(Action::Delete { job });
+                }
+                actions.push(Action::Finish {
+                    job,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        return;
+    }
+    match (&item.launch, item.job.stage) {
+        (None, Stage::Reserved | Stage::Launching) => actions.push(Action::Launch { job }),
+        (None, _) if vanished => relaunch_or_finish(
+            item,
+            policy,
+            "the launch disappeared before its agent took the job",
+            actions,
+        ),
+        (None, _) => {}
+        (Some(launch), _) => match &launch.phase {
+            LaunchPhase::Refused { reason } => {
+                actions.push(Action::Delete { job });
+                actions.push(Action::Finish {
+                    job,
+                    reason: reason.clone(),
+                });
+            }
+            phase if phase.is_finished() => relaunch_or_finish(
+                item,
+                policy,
+                &format!(
+                    "the launch {} before its agent took the job",
+                    describe(phase)
+                ),
+                actions,
+            ),
+            _ => {
+                if item.job.stage != Stage::Launched {
+                    actions.push(Action::Adopt { job });
+                }
+                if age(launch.started_at_ms) > policy.pending_deadline {
+                    let why = launch
+                        .detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default();
+                    actions.push(Action::Stop {
+                        job,
+                        reason: format!(
+                            "its agent did not take the job within pending_deadline {:?}{why}",
+                            policy.pending_deadline
+                        ),
+                        unless_taken: true,
+                    });
+                }
+            }
+        },
     }
 }
 
@@ -322,326 +404,4 @@ fn relaunch_or_finish(item: &Observed, policy: &FleetPolicy, why: &str, actions:
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const NOW: i64 = 1_000_000_000;
-
-    fn policies() -> HashMap<String, FleetPolicy> {
-        HashMap::from([(
-            "linux".to_string(),
-            FleetPolicy {
-                pending_deadline: Duration::from_secs(60),
-                running_deadline: Duration::from_secs(600),
-                relaunch_budget: 1,
-            },
-        )])
-    }
-
-    fn job(stage: Stage, attempts: u32) -> LedgerJob {
-        LedgerJob {
-            id: Uuid::from_u128(7),
-            fleet: "linux".into(),
-            queue: "linux".into(),
-            priority: 0,
-            scheduled_at_ms: NOW - 10_000,
-            stage,
-            stage_since_ms: NOW - 5_000,
-            attempts,
-            running_since_ms: None,
-        }
-    }
-
-    fn launch(phase: LaunchPhase, age_ms: i64) -> Option<LaunchView> {
-        Some(LaunchView {
-            phase,
-            started_at_ms: NOW - age_ms,
-        })
-    }
-
-    fn one(job: LedgerJob, state: Option<JobState>, launch: Option<LaunchView>) -> Vec<Action> {
-        decide(
-            &[Observed { job, state, launch }],
-            &[],
-            &policies(),
-            NOW,
-            NOW,
-        )
-    }
-
-    const ID: Uuid = Uuid::from_u128(7);
-
-    #[test]
-    fn a_canceled_job_stops_its_launch() {
-        let actions = one(
-            job(Stage::Launched, 1),
-            Some(JobState::Canceling),
-            launch(LaunchPhase::Running, 1000),
-        );
-        assert_eq!(
-            actions,
-            vec![Action::Stop {
-                job: ID,
-                reason: "job canceling".into()
-            }]
-        );
-        let actions = one(
-            job(Stage::Launched, 1),
-            Some(JobState::Canceled),
-            launch(LaunchPhase::Running, 1000),
-        );
-        assert_eq!(
-            actions,
-            vec![Action::Stop {
-                job: ID,
-                reason: "job canceled".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn a_finished_job_with_an_exited_launch_is_deleted_and_closed() {
-        let actions = one(
-            job(Stage::Launched, 1),
-            Some(JobState::Passed),
-            launch(LaunchPhase::Succeeded, 1000),
-        );
-        assert_eq!(
-            actions,
-            vec![
-                Action::Delete { job: ID },
-                Action::Close {
-                    job: ID,
-                    outcome: "passed".into()
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn a_passed_job_whose_agent_is_still_exiting_is_left_alone() {
-        assert!(one(
-            job(Stage::Launched, 1),
-            Some(JobState::Passed),
-            launch(LaunchPhase::Running, 1000)
-        )
-        .is_empty());
-    }
-
-    #[test]
-    fn a_reserved_job_without_a_launch_is_launched() {
-        assert_eq!(
-            one(job(Stage::Reserved, 0), Some(JobState::Reserved), None),
-            vec![Action::Launch { job: ID }]
-        );
-        assert_eq!(
-            one(job(Stage::Launching, 1), Some(JobState::Reserved), None),
-            vec![Action::Launch { job: ID }]
-        );
-    }
-
-    #[test]
-    fn a_launch_found_after_a_crash_is_adopted_not_repeated() {
-        let actions = one(
-            job(Stage::Launching, 1),
-            Some(JobState::Reserved),
-            launch(LaunchPhase::Running, 100),
-        );
-        assert_eq!(actions, vec![Action::Adopt { job: ID }]);
-        let actions = one(
-            job(Stage::Launching, 1),
-            Some(JobState::Running),
-            launch(LaunchPhase::Running, 100),
-        );
-        assert_eq!(
-            actions,
-            vec![Action::MarkRunning { job: ID }, Action::Adopt { job: ID }]
-        );
-    }
-
-    #[test]
-    fn a_launch_that_died_before_acquiring_is_relaunched_within_budget_then_finished() {
-        let failed = LaunchPhase::Failed {
-            reason: "exit 1".into(),
-        };
-        let actions = one(
-            job(Stage::Launched, 1),
-            Some(JobState::Reserved),
-            launch(failed.clone(), 100),
-        );
-        assert!(matches!(&actions[..], [Action::Relaunch { .. }]));
-        let actions = one(
-            job(Stage::Launched, 2),
-            Some(JobState::Reserved),
-            launch(failed, 100),
-        );
-        assert_eq!(actions[0], Action::Delete { job: ID });
-        match &actions[1] {
-            Action::Finish { reason, .. } => {
-                assert!(reason.contains("relaunch budget of 1 used up"), "{reason}")
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_launch_that_died_mid_job_finishes_the_job_with_the_reason() {
-        let failed = LaunchPhase::Failed {
-            reason: "killed by signal 9".into(),
-        };
-        let mut running = job(Stage::Launched, 1);
-        running.running_since_ms = Some(NOW - 1000);
-        let actions = one(running, Some(JobState::Running), launch(failed, 5000));
-        assert_eq!(actions[0], Action::Delete { job: ID });
-        assert_eq!(
-            actions[1],
-            Action::Finish {
-                job: ID,
-                reason: "the launch failed: killed by signal 9 while the job was running".into()
-            }
-        );
-    }
-
-    #[test]
-    fn deadlines_stop_launches() {
-        let actions = one(
-            job(Stage::Launched, 1),
-            Some(JobState::Reserved),
-            launch(LaunchPhase::Running, 61_000),
-        );
-        assert!(
-            matches!(&actions[..], [Action::Stop { reason, .. }] if reason.contains("pending_deadline"))
-        );
-        let mut running = job(Stage::Launched, 1);
-        running.running_since_ms = Some(NOW - 601_000);
-        let actions = one(
-            running,
-            Some(JobState::Running),
-            launch(LaunchPhase::Running, 700_000),
-        );
-        assert!(
-            matches!(&actions[..], [Action::Stop { .. }, Action::Finish { reason, .. }] if reason.contains("running_deadline"))
-        );
-    }
-
-    #[test]
-    fn stray_launches_without_a_live_job_are_stopped_then_deleted() {
-        let stray = |state, phase| Stray {
-            job: ID,
-            state,
-            launch: LaunchView {
-                phase,
-                started_at_ms: NOW,
-            },
-        };
-        let policies = policies();
-        assert_eq!(
-            decide(
-                &[],
-                &[stray(Some(JobState::Passed), LaunchPhase::Running)],
-                &policies,
-                NOW,
-                NOW
-            ),
-            vec![Action::Stop {
-                job: ID,
-                reason: "launch has no live job".into()
-            }]
-        );
-        assert_eq!(
-            decide(
-                &[],
-                &[stray(None, LaunchPhase::Succeeded)],
-                &policies,
-                NOW,
-                NOW
-            ),
-            vec![Action::Delete { job: ID }]
-        );
-        assert!(decide(
-            &[],
-            &[stray(Some(JobState::Running), LaunchPhase::Running)],
-            &policies,
-            NOW,
-            NOW
-        )
-        .is_empty());
-    }
-
-    #[test]
-    fn a_job_of_a_removed_fleet_is_finished_not_launched() {
-        let mut orphan = job(Stage::Reserved, 0);
-        orphan.fleet = "gone".into();
-        assert_eq!(
-            decide(
-                &[Observed {
-                    job: orphan,
-                    state: Some(JobState::Reserved),
-                    launch: None
-                }],
-                &[],
-                &policies(),
-                NOW,
-                NOW
-            ),
-            vec![Action::Finish {
-                job: ID,
-                reason: "fleet gone is no longer configured".into()
-            }]
-        );
-    }
-
-    #[test]
-    fn a_launch_confirmed_after_the_listing_is_not_taken_for_lost() {
-        let mut fresh = job(Stage::Launched, 1);
-        fresh.stage_since_ms = NOW - 10;
-        let listed_just_before = decide(
-            &[Observed {
-                job: fresh.clone(),
-                state: Some(JobState::Reserved),
-                launch: None,
-            }],
-            &[],
-            &policies(),
-            NOW,
-            NOW - 20,
-        );
-        assert!(listed_just_before.is_empty(), "{listed_just_before:?}");
-        let running = decide(
-            &[Observed {
-                job: fresh,
-                state: Some(JobState::Running),
-                launch: None,
-            }],
-            &[],
-            &policies(),
-            NOW,
-            NOW - 20,
-        );
-        assert_eq!(running, vec![Action::MarkRunning { job: ID }]);
-        let old = job(Stage::Launched, 1);
-        let gone = decide(
-            &[Observed {
-                job: old,
-                state: Some(JobState::Reserved),
-                launch: None,
-            }],
-            &[],
-            &policies(),
-            NOW,
-            NOW,
-        );
-        assert!(matches!(&gone[..], [Action::Relaunch { .. }]), "{gone:?}");
-    }
-
-    #[test]
-    fn a_job_buildkite_forgot_is_closed() {
-        assert_eq!(
-            one(job(Stage::Reserved, 0), None, None),
-            vec![Action::Close {
-                job: ID,
-                outcome: "unknown to Buildkite".into()
-            }]
-        );
-    }
-}
+mod tests;

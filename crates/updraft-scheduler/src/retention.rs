@@ -84,8 +84,14 @@ pub(crate) async fn prune_if_due(
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::ledger::{now_ms, Ledger, NewReservation};
+    use crate::core::Parts;
+    use crate::ledger::{Ledger, NewReservation};
     use crate::stackset::StackSet;
+    use updraft_backends::JobContext;
+
+    fn now_ms() -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
     use std::collections::BTreeMap;
     use std::sync::Arc;
     use uuid::Uuid;
@@ -111,7 +117,15 @@ mod tests {
         .unwrap();
         let stacks = StackSet::new(&config).unwrap();
         let ledger = Arc::new(Ledger::open(&dir.path().join("l.sqlite")).unwrap());
-        let core = Core::new(config, stacks, ledger.clone(), BTreeMap::new(), Vec::new()).0;
+        let core = Core::new(Parts {
+            config,
+            buildkite: Arc::new(stacks),
+            ledger: ledger.clone(),
+            backends: BTreeMap::new(),
+            fleet_backends: Vec::new(),
+            ledger_inline: false,
+        })
+        .0;
         let (closed, open) = (Uuid::new_v4(), Uuid::new_v4());
         let reservation = |id| NewReservation {
             id,
@@ -121,6 +135,7 @@ mod tests {
             scheduled_at_ms: 1,
             source: "pull",
             expires_at_ms: 2,
+            context: JobContext::default(),
         };
         ledger
             .record_reserved(&[reservation(closed), reservation(open)])

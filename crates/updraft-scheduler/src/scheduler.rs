@@ -1,10 +1,15 @@
-//! Starting and stopping the scheduler: check the config against the backends given,
-//! register the stacks, open the ledger, bind the HTTP listeners, run one reconcile pass so
-//! a restart picks up exactly where the last process stopped and one poll so every job
-//! scheduled now is taken in, then start the sources and the pipeline. `SchedulerHandle` is what callers hold: addresses, progress, and shutdown.
+//! Starting and stopping the scheduler: check the config against the backends given, open
+//! the ledger, bind the HTTP listeners and serve them, then lead — register the stacks, run
+//! one reconcile pass so a restart picks up exactly where the last process stopped and one
+//! poll so every job scheduled now is taken in, then start the sources and the pipeline.
+//! With a `LeaderElection`, leading waits until this replica holds the lease; until then it
+//! serves `/healthz`, `/readyz` and `/metrics` and refuses push events, and it stops at once
+//! if the lease is lost. `SchedulerHandle` is what callers hold: addresses, progress, intake
+//! from other sources, and shutdown.
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::core::Core;
+use crate::core::{Core, Inboxes, Parts, Phase};
 use crate::ledger::Ledger;
 use crate::stackset::StackSet;
 use crate::stats::StatsSnapshot;
@@ -12,25 +17,40 @@ use crate::{http, pipeline, pull, push, queue_metrics, reconciler};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use updraft_backends::Backend;
+use updraft_backends::{Backend, LeaderElection};
+use updraft_buildkite::events::PushEvent;
+use uuid::Uuid;
 
 /// How long `shutdown` waits for tasks to finish their current step.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often `take_in` looks again while a job waits to be recorded.
+const TAKE_IN_RECHECK: Duration = Duration::from_millis(200);
 
 pub struct Scheduler;
 
+type Tasks = Arc<Mutex<JoinSet<()>>>;
+
 impl Scheduler {
-    /// Start a scheduler. `backends` maps the names fleets use in `backend = "…"` to
-    /// implementations. Fails (without starting anything) on a fleet naming a backend not
-    /// given, a listener that cannot bind, an unreadable ledger, or Buildkite refusing the
-    /// agent token.
+    /// Start a scheduler that leads alone. `backends` maps the names fleets use in
+    /// `backend = "…"` to implementations. Fails (without starting anything) on a fleet naming
+    /// a backend not given, a listener that cannot bind, an unreadable ledger, or Buildkite
+    /// refusing the agent token.
     pub async fn start(
         config: Config,
         backends: BTreeMap<String, Arc<dyn Backend>>,
+    ) -> anyhow::Result<SchedulerHandle> {
+        Scheduler::start_with(config, backends, None).await
+    }
+
+    /// Start a scheduler; with `leader`, it serves at once but schedules only while it leads.
+    pub async fn start_with(
+        config: Config,
+        backends: BTreeMap<String, Arc<dyn Backend>>,
+        leader: Option<Arc<dyn LeaderElection>>,
     ) -> anyhow::Result<SchedulerHandle> {
         let mut fleet_backends = Vec::new();
         for (i, fleet) in config.fleets.iter().enumerate() {
@@ -44,15 +64,11 @@ impl Scheduler {
             fleet_backends.push(backend.clone());
         }
         let stacks = StackSet::new(&config)?;
-        stacks.register_all().await.map_err(|(key, error)| match error.status().map(|s| s.as_u16()) {
-            Some(401) => anyhow::anyhow!(
-                "Buildkite refused the agent token (401 Unauthorized) when registering stack {key:?}; check [buildkite] agent_token: {error}"
-            ),
-            _ => anyhow::anyhow!("registering stack {key:?}: {error}"),
-        })?;
         let ledger_path = config.ledger.path.clone();
-        let ledger = tokio::task::spawn_blocking(move || Ledger::open(&ledger_path)).await??;
-        let ledger = Arc::new(ledger);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+        let ledger =
+            tokio::task::spawn_blocking(move || Ledger::open_with_clock(&ledger_path, clock))
+                .await??;
 
         let http_listener = TcpListener::bind(config.http.listen)
             .await
@@ -71,41 +87,37 @@ impl Scheduler {
             None => http_addr,
         };
 
-        let (core, inboxes) = Core::new(config, stacks, ledger.clone(), backends, fleet_backends);
+        let (core, inboxes) = Core::new(Parts {
+            config,
+            buildkite: Arc::new(stacks.clone()),
+            ledger: Arc::new(ledger),
+            backends,
+            fleet_backends,
+            ledger_inline: false,
+        });
         let core = Arc::new(core);
-        let open = {
-            let ledger = ledger.clone();
-            tokio::task::spawn_blocking(move || ledger.open_jobs()).await??
-        };
-        if !open.is_empty() {
-            tracing::info!(jobs = open.len(), "resuming jobs the ledger holds open");
+        *core.leading.lock().unwrap_or_else(|e| e.into_inner()) = leader.as_ref().map(|_| false);
+        let tasks: Tasks = Arc::default();
+        {
+            let mut set = tasks.lock().unwrap_or_else(|e| e.into_inner());
+            let app = http::routes(core.clone(), push_listener.is_none());
+            set.spawn(serve(http_listener, app, core.clone()));
+            if let Some(listener) = push_listener {
+                set.spawn(serve(listener, push::routes(core.clone()), core.clone()));
+            }
         }
-        core.adopt_ledger_jobs(&open);
-
-        let mut tasks = JoinSet::new();
-        let app = http::routes(core.clone(), push_listener.is_none());
-        tasks.spawn(serve(http_listener, app, core.clone()));
-        if let Some(listener) = push_listener {
-            tasks.spawn(serve(listener, push::routes(core.clone()), core.clone()));
+        match leader {
+            None => lead(&core, stacks, inboxes, &tasks).await?,
+            Some(leader) => {
+                let (core, tasks_for_lead) = (core.clone(), tasks.clone());
+                tasks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .spawn(async move {
+                        follow_then_lead(core, leader, stacks, inboxes, tasks_for_lead).await
+                    });
+            }
         }
-        tasks.spawn(pipeline::dispatcher(core.clone()));
-        tasks.spawn(pipeline::reserver(core.clone(), inboxes.to_reserve));
-        tasks.spawn(pipeline::launcher(core.clone(), inboxes.to_launch));
-        tasks.spawn(pipeline::notifier(core.clone(), inboxes.to_notify));
-
-        if let Err(error) = reconciler::pass(&core).await {
-            tracing::warn!("start-up reconcile pass did not complete: {error}");
-        }
-        pull::poll_all(&core).await;
-        if let Some(message) = core.fatal.borrow().clone() {
-            tasks.shutdown().await;
-            anyhow::bail!(message);
-        }
-        tasks.spawn(reconciler::run(core.clone()));
-        tasks.spawn(pull::poller(core.clone()));
-        tasks.spawn(queue_metrics::poller(core.clone()));
-        let _ = core.ready.send(true);
-        tracing::info!(%http_addr, %push_addr, fleets = core.config.fleets.len(), "scheduler started");
         Ok(SchedulerHandle {
             core,
             tasks,
@@ -113,6 +125,86 @@ impl Scheduler {
             push_addr,
         })
     }
+}
+
+/// Wait for the lease, lead, and stop at once when the lease is lost.
+async fn follow_then_lead(
+    core: Arc<Core>,
+    leader: Arc<dyn LeaderElection>,
+    stacks: StackSet,
+    inboxes: Inboxes,
+    tasks: Tasks,
+) {
+    tracing::info!(identity = leader.identity(), "following; waiting to lead");
+    tokio::select! {
+        acquired = leader.acquire() => {
+            if let Err(error) = acquired {
+                return core.fail(format!("leader election: {error}"));
+            }
+        }
+        _ = core.stopped() => return,
+    }
+    tracing::info!(identity = leader.identity(), "leading");
+    *core.leading.lock().unwrap_or_else(|e| e.into_inner()) = Some(true);
+    if let Err(error) = lead(&core, stacks, inboxes, &tasks).await {
+        leader.release().await;
+        return core.fail(format!("{error:#}"));
+    }
+    tokio::select! {
+        _ = leader.lost() => core.fail(format!(
+            "lost leadership (lease held by {}); stopping so another replica schedules",
+            leader.leader().unwrap_or_else(|| "nobody".into())
+        )),
+        _ = core.stopped() => leader.release().await,
+    }
+}
+
+/// Everything a leading scheduler does: register the stacks, take up the ledger's open jobs,
+/// start the pipeline, reconcile and poll once, then start the periodic tasks.
+async fn lead(
+    core: &Arc<Core>,
+    stacks: StackSet,
+    inboxes: Inboxes,
+    tasks: &Tasks,
+) -> anyhow::Result<()> {
+    stacks.register_all().await.map_err(|(key, error)| match error.status().map(|s| s.as_u16()) {
+        Some(401) => anyhow::anyhow!(
+            "Buildkite refused the agent token (401 Unauthorized) when registering stack {key:?}; check [buildkite] agent_token: {error}"
+        ),
+        _ => anyhow::anyhow!("registering stack {key:?}: {error}"),
+    })?;
+    let open = core
+        .ledger(|ledger| ledger.open_jobs())
+        .await
+        .context("reading the ledger's open jobs")?;
+    if !open.is_empty() {
+        tracing::info!(jobs = open.len(), "resuming jobs the ledger holds open");
+    }
+    core.adopt_ledger_jobs(&open);
+    {
+        let mut set = tasks.lock().unwrap_or_else(|e| e.into_inner());
+        set.spawn(pipeline::dispatcher(core.clone()));
+        set.spawn(pipeline::reserver(core.clone(), inboxes.to_reserve));
+        set.spawn(pipeline::launcher(core.clone(), inboxes.to_launch));
+        set.spawn(pipeline::ledger_writer(core.clone(), inboxes.to_commit));
+        set.spawn(pipeline::notifier(core.clone(), inboxes.to_notify));
+    }
+    if let Err(error) = reconciler::pass(core).await {
+        tracing::warn!("start-up reconcile pass did not complete: {error}");
+    }
+    pull::poll_all(core, &stacks).await;
+    if let Some(message) = core.fatal.borrow().clone() {
+        anyhow::bail!(message);
+    }
+    {
+        let mut set = tasks.lock().unwrap_or_else(|e| e.into_inner());
+        set.spawn(reconciler::run(core.clone()));
+        set.spawn(pull::poller(core.clone(), stacks));
+        set.spawn(queue_metrics::poller(core.clone()));
+    }
+    let _ = core.ready.send(true);
+    tracing::info!(fleets = core.config.fleets.len(), "scheduler started");
+    Ok(())
 }
 
 async fn serve(listener: TcpListener, app: axum::Router, core: Arc<Core>) {
@@ -125,10 +217,27 @@ async fn serve(listener: TcpListener, app: axum::Router, core: Arc<Core>) {
     }
 }
 
+/// What became of a job handed to `SchedulerHandle::take_in`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TakeIn {
+    /// Reserved and in the ledger: it will be launched even if this process dies now.
+    Recorded,
+    /// Known already (another delivery of the same event, or a poll).
+    Duplicate,
+    /// No fleet serves it; the reason was posted to the build.
+    NotOurs(String),
+    /// Gone before it was recorded (taken elsewhere, canceled): nothing more to do.
+    Gone,
+    /// Not a job-scheduled event with a readable job id.
+    Ignored,
+    /// This replica does not lead; another one takes the job in.
+    NotLeading,
+}
+
 /// A running scheduler.
 pub struct SchedulerHandle {
     core: Arc<Core>,
-    tasks: JoinSet<()>,
+    tasks: Tasks,
     http_addr: SocketAddr,
     push_addr: SocketAddr,
 }
@@ -154,7 +263,54 @@ impl SchedulerHandle {
         self.core.wake_reconcile.notify_one();
     }
 
-    /// Resolves when the scheduler stops by itself, with the reason (e.g. a revoked token).
+    /// Take in a push event from a source outside this crate (e.g. an SQS queue) and resolve
+    /// once the job is durably handled, so the source may acknowledge the event only then:
+    /// an event acknowledged before its job is recorded would be lost if this process died.
+    pub async fn take_in(&self, event: PushEvent) -> TakeIn {
+        let core = &self.core;
+        if !core.is_leading() {
+            return TakeIn::NotLeading;
+        }
+        let Some(candidate) = push::candidate(core, &event) else {
+            return TakeIn::Ignored;
+        };
+        let job = candidate.id;
+        if core.intake(vec![candidate]) == 0 {
+            return TakeIn::Duplicate;
+        }
+        loop {
+            match self.settled(job).await {
+                Some(outcome) => return outcome,
+                None => tokio::select! {
+                    _ = tokio::time::sleep(TAKE_IN_RECHECK) => {}
+                    _ = core.stopped() => return TakeIn::NotLeading,
+                },
+            }
+        }
+    }
+
+    /// Where `job` stands; `None` while it still waits to be reserved.
+    async fn settled(&self, job: Uuid) -> Option<TakeIn> {
+        let phase = {
+            let state = self.core.state();
+            state
+                .jobs
+                .get(&job)
+                .map(|t| (t.phase.clone(), t.reason.clone()))
+        };
+        match phase {
+            None => Some(TakeIn::Gone),
+            Some((Phase::Unserved, reason)) => Some(TakeIn::NotOurs(reason.unwrap_or_default())),
+            Some((Phase::Waiting, _)) => None,
+            Some((Phase::Owned, _)) => {
+                let row = self.core.ledger(move |ledger| ledger.job(job)).await?;
+                row.map(|_| TakeIn::Recorded)
+            }
+        }
+    }
+
+    /// Resolves when the scheduler stops by itself, with the reason (e.g. a revoked token,
+    /// lost leadership).
     pub async fn stopped(&self) -> String {
         let mut fatal = self.core.fatal.subscribe();
         let message = match fatal.wait_for(|f| f.is_some()).await {
@@ -166,14 +322,15 @@ impl SchedulerHandle {
 
     /// Stop every task (launches keep running: the next start finds them again). Returns
     /// the fatal error if the scheduler had already stopped on one.
-    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> anyhow::Result<()> {
         self.core.stop.send_replace(true);
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while self.tasks.join_next().await.is_some() {}
+            while tasks.join_next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
-            self.tasks.shutdown().await;
+            tasks.shutdown().await;
         }
         match self.core.fatal.borrow().clone() {
             Some(message) => Err(anyhow::anyhow!(message)),

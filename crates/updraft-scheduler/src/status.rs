@@ -7,6 +7,11 @@ use crate::ledger::LaunchRow;
 use chrono::{TimeZone, Utc};
 use std::fmt::Write;
 
+/// A fleet held back: its index, why, and until when.
+type Hold = (usize, String, i64);
+/// A job waiting on a lost agent: its id, what happened, and since when.
+type Lost = (String, String, i64);
+
 /// How many waiting jobs the page lists.
 const WAITING_SHOWN: usize = 200;
 
@@ -25,6 +30,23 @@ fn time(ms: i64) -> String {
 }
 
 pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> String {
+    let now = core.now_ms();
+    let (holds, lost): (Vec<Hold>, Vec<Lost>) = {
+        let state = core.state();
+        (
+            state
+                .holds
+                .iter()
+                .filter(|(_, h)| h.until_ms > now)
+                .map(|(fleet, h)| (*fleet, h.reason.clone(), h.until_ms))
+                .collect(),
+            state
+                .lost_agents
+                .iter()
+                .map(|(job, l)| (job.to_string(), l.reason.clone(), l.since_ms))
+                .collect(),
+        )
+    };
     let (loads, mut waiting) = {
         let state = core.state();
         let waiting: Vec<(String, String, String, i64)> = state
@@ -64,6 +86,12 @@ pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> Str
     if let Some(message) = core.fatal.borrow().as_ref() {
         let _ = write!(page, "<p><b>Stopped:</b> {}</p>", escape(message));
     }
+    if let Some(role) = core.role() {
+        let _ = write!(
+            page,
+            "<p>Leader election: this replica is <b>{role}</b>.</p>"
+        );
+    }
     page.push_str("<h2>Fleets</h2><table><tr><th>fleet</th><th>serves</th><th>backend</th><th>in flight</th><th>waiting</th></tr>");
     for (fleet, load) in core.config.fleets.iter().zip(loads) {
         let _ = write!(
@@ -78,6 +106,15 @@ pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> Str
         );
     }
     page.push_str("</table>");
+    for (fleet, reason, until) in &holds {
+        let _ = write!(
+            page,
+            "<p><b>Fleet {} held back</b> until {}: {}</p>",
+            escape(&core.fleet(*fleet).name),
+            time(*until),
+            escape(reason)
+        );
+    }
     let _ = write!(page, "<h2>Waiting jobs ({})</h2>", waiting.len());
     if waiting.is_empty() {
         page.push_str("<p>None.</p>");
@@ -93,6 +130,26 @@ pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> Str
                 escape(fleet),
                 escape(reason),
                 time(*seen)
+            );
+        }
+        page.push_str("</table>");
+    }
+    if !lost.is_empty() {
+        let _ = write!(
+            page,
+            "<h2>Jobs waiting on a lost agent ({})</h2><p>Their launch ended while Buildkite \
+             still shows an agent holding the job. Buildkite fails such a job once it marks the \
+             agent lost (its lost-agent timeout); Updraft does not fail a job an agent holds.</p>\
+             <table><tr><th>job</th><th>what happened</th><th>since</th></tr>",
+            lost.len()
+        );
+        for (job, reason, since) in &lost {
+            let _ = write!(
+                page,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(job),
+                escape(reason),
+                time(*since)
             );
         }
         page.push_str("</table>");

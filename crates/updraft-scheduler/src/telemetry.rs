@@ -56,7 +56,13 @@ pub(crate) struct Telemetry {
     pub in_flight: Family<Labels, Gauge>,
     pub waiting: Family<Labels, Gauge>,
     pub reconcile_passes: Counter,
+    pub reconcile_failures: Family<Labels, Counter>,
+    pub reconcile_duration: Histogram,
     pub corrections: Family<Labels, Counter>,
+    pub backend_failures: Family<Labels, Counter>,
+    pub agents_lost: Counter,
+    pub jobs_waiting_on_lost_agent: Gauge,
+    pub jobs_failed_by_scheduler: Counter,
     pub push_events: Family<Labels, Counter>,
     pub ledger_pruned: Family<Labels, Counter>,
 }
@@ -119,6 +125,43 @@ impl Telemetry {
             "Reconcile passes run",
             reconcile_passes.clone(),
         );
+        let reconcile_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "updraft_reconcile_failures",
+            "Reconcile passes that could not complete, by reason",
+            reconcile_failures.clone(),
+        );
+        // 1 ms … ~16 s.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "updraft_reconcile_duration_seconds",
+            "How long a reconcile pass took",
+            reconcile_duration.clone(),
+        );
+        let backend_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "updraft_backend_failures",
+            "Backend calls that failed, by backend, call and error class (at_capacity, invalid, unavailable, fatal)",
+            backend_failures.clone(),
+        );
+        let agents_lost = Counter::default();
+        registry.register(
+            "updraft_agents_lost",
+            "Launches found gone while Buildkite showed their agent holding the job",
+            agents_lost.clone(),
+        );
+        let jobs_waiting_on_lost_agent = Gauge::default();
+        registry.register(
+            "updraft_jobs_waiting_on_lost_agent",
+            "Jobs whose agent is gone, waiting for Buildkite's lost-agent timeout to fail them",
+            jobs_waiting_on_lost_agent.clone(),
+        );
+        let jobs_failed_by_scheduler = Counter::default();
+        registry.register(
+            "updraft_jobs_failed_by_scheduler",
+            "Jobs no agent had taken that the scheduler failed through the Stacks API (refused, budget used up, removed fleet)",
+            jobs_failed_by_scheduler.clone(),
+        );
         let corrections = Family::<Labels, Counter>::default();
         registry.register(
             "updraft_reconcile_corrections",
@@ -148,7 +191,13 @@ impl Telemetry {
             in_flight,
             waiting,
             reconcile_passes,
+            reconcile_failures,
+            reconcile_duration,
             corrections,
+            backend_failures,
+            agents_lost,
+            jobs_waiting_on_lost_agent,
+            jobs_failed_by_scheduler,
             push_events,
             ledger_pruned,
         }

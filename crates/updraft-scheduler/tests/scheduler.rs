@@ -414,6 +414,7 @@ async fn jobs_reserved_before_a_crash_are_launched_on_start_up() {
         scheduled_at_ms: 0,
         source: "pull",
         expires_at_ms: 0,
+        context: Default::default(),
     };
     ledger
         .record_reserved(&[row(reserved), row(not_yet)])

@@ -34,6 +34,8 @@ enum Command {
     Emulator(cmd::emulator::Args),
     /// Measure Updraft: each benchmark prints its figures and writes them to a file.
     Bench(cmd::bench::Args),
+    /// Simulate fleets in virtual time: wait, idle agent time and cost per scaling policy.
+    Sim(cmd::sim::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,6 +59,7 @@ fn main() -> std::process::ExitCode {
             Command::Agent(args) => cmd::agent::run(args).await,
             Command::Emulator(args) => cmd::emulator::run(args).await,
             Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Sim(args) => cmd::sim::run(args).await,
         }
     });
     match result {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod demo;
 pub mod emulator;
 pub mod scheduler;
+pub mod sim;
 
 /// Logs go to stderr (stdout is for a command's own output, e.g. the emulator's address line),
 /// coloured only on a terminal. `UPDRAFT_LOG` (or `RUST_LOG`) sets the filter; otherwise the

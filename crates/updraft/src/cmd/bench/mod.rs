@@ -5,6 +5,7 @@
 mod emulator;
 mod logs;
 mod pickup;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Bench {
     Pickup(pickup::PickupArgs),
     /// A burst of jobs with a no-op launch: time to launch all, CPU, peak RSS.
     Burst(pickup::BurstArgs),
+    /// Simulator throughput: 1 000 000 jobs through `updraft sim`'s core, jobs per second.
+    Sim(sim::Args),
 }
 
 /// Options every benchmark takes.
@@ -69,5 +72,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Logs(args) => logs::run(args).await,
         Bench::Pickup(args) => pickup::pickup(args).await,
         Bench::Burst(args) => pickup::burst(args).await,
+        Bench::Sim(args) => sim::run(args).await,
     }
 }

@@ -1,0 +1,115 @@
+//! Reading the ledger: the open jobs the reconciler works on, one job, and the recent
+//! launches the status page shows.
+
+use super::{LaunchRow, Ledger, LedgerError, LedgerJob, Stage};
+use uuid::Uuid;
+
+/// The columns `row_job` reads, in order.
+const JOB_COLUMNS: &str = "id, fleet, queue, priority, scheduled_at_ms, stage, stage_since_ms, attempts, running_since_ms, context, refused, agent_lost_ms";
+
+impl Ledger {
+    fn read_jobs(
+        &self,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<LedgerJob>, LedgerError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let read = || -> rusqlite::Result<Vec<LedgerJob>> {
+            let mut statement = conn.prepare_cached(sql)?;
+            let rows = statement.query_map(args, |row| {
+                let id: String = row.get(0)?;
+                let stage: String = row.get(5)?;
+                Ok((id, stage, row_job(row)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, stage, mut job) = row?;
+                // A row we cannot read is skipped with a log line rather than failing every
+                // pass; it can only come from someone editing the file by hand.
+                match (id.parse::<Uuid>(), stage.parse::<Stage>()) {
+                    (Ok(id), Ok(stage)) => {
+                        job.id = id;
+                        job.stage = stage;
+                        out.push(job);
+                    }
+                    _ => tracing::warn!(id, stage, "skipping an unreadable ledger row"),
+                }
+            }
+            Ok(out)
+        };
+        read().map_err(|e| self.fail("reading jobs", e))
+    }
+
+    /// Every job not yet `done`.
+    pub fn open_jobs(&self) -> Result<Vec<LedgerJob>, LedgerError> {
+        self.read_jobs(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE stage != 'done' ORDER BY rowid"),
+            [],
+        )
+    }
+
+    pub fn job(&self, id: Uuid) -> Result<Option<LedgerJob>, LedgerError> {
+        Ok(self
+            .read_jobs(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id.to_string()],
+            )?
+            .pop())
+    }
+
+    /// The most recent launches, newest first, for the status page.
+    pub fn recent_launches(&self, limit: u32) -> Result<Vec<LaunchRow>, LedgerError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let read = || -> rusqlite::Result<Vec<LaunchRow>> {
+            let mut statement = conn.prepare_cached(
+                "SELECT name, job_id, fleet, attempt, started_at_ms, ended_at_ms, outcome
+                 FROM launches ORDER BY started_at_ms DESC LIMIT ?1",
+            )?;
+            let rows = statement.query_map([limit], |row| {
+                let job: String = row.get(1)?;
+                Ok(LaunchRow {
+                    name: row.get(0)?,
+                    job_id: job.parse().unwrap_or_default(),
+                    fleet: row.get(2)?,
+                    attempt: row.get(3)?,
+                    started_at_ms: row.get(4)?,
+                    ended_at_ms: row.get(5)?,
+                    outcome: row.get(6)?,
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(|e| self.fail("reading launches", e))
+    }
+
+    /// How many launches were ever recorded for `job` (a test and operator check).
+    pub fn launch_count(&self, job: Uuid) -> Result<u32, LedgerError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.query_row(
+            "SELECT COUNT(*) FROM launches WHERE job_id = ?1",
+            [job.to_string()],
+            |row| row.get(0),
+        )
+        .map_err(|e| self.fail("counting launches", e))
+    }
+}
+
+fn row_job(row: &rusqlite::Row) -> rusqlite::Result<LedgerJob> {
+    Ok(LedgerJob {
+        id: Uuid::nil(),
+        fleet: row.get(1)?,
+        queue: row.get(2)?,
+        priority: row.get(3)?,
+        scheduled_at_ms: row.get(4)?,
+        stage: Stage::Done,
+        stage_since_ms: row.get(6)?,
+        attempts: row.get(7)?,
+        running_since_ms: row.get(8)?,
+        context: row
+            .get::<_, Option<String>>(9)?
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default(),
+        refused: row.get(10)?,
+        agent_lost_since_ms: row.get(11)?,
+    })
+}

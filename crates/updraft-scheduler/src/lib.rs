@@ -63,6 +63,8 @@ mod reconciler;
 mod retention;
 pub mod router;
 mod scheduler;
+#[cfg(test)]
+mod simulation;
 pub mod stackset;
 pub mod stats;
 mod status;

@@ -137,6 +137,11 @@ async fn observe_and_act(core: &Core) -> Result<(), PassError> {
         .collect();
     let actions = decide(&observed, &strays, &policies, core.now_ms(), listed_at);
     explain_pending(core, &observed);
+    let lost_now: Vec<Uuid> = actions
+        .iter()
+        .filter(|a| matches!(a, Action::AgentLost { .. }))
+        .map(Action::job)
+        .collect();
     let jobs: HashMap<Uuid, &LedgerJob> = observed.iter().map(|o| (o.job.id, &o.job)).collect();
     let plan = Plan {
         states: &states,
@@ -145,7 +150,7 @@ async fn observe_and_act(core: &Core) -> Result<(), PassError> {
         strays: &strays,
     };
     execute(core, actions, &plan).await;
-    remember_lost_agents(core, &observed);
+    remember_lost_agents(core, &observed, &lost_now);
     Ok(())
 }
 
@@ -553,14 +558,17 @@ async fn agent_lost(core: &Core, plan: &Plan<'_>, job: Uuid, reason: String) {
     }
 }
 
-/// Keep `/status`'s list of jobs waiting on a lost agent to what the ledger holds open.
-fn remember_lost_agents(core: &Core, observed: &[Observed]) {
+/// Keep `/status`'s list of jobs waiting on a lost agent to the open jobs the ledger (as read
+/// this pass) or this pass itself found so.
+fn remember_lost_agents(core: &Core, observed: &[Observed], lost_now: &[Uuid]) {
     let mut state = core.state();
     let lost: BTreeMap<Uuid, i64> = observed
         .iter()
         .filter_map(|o| Some((o.job.id, o.job.agent_lost_since_ms?)))
         .collect();
-    state.lost_agents.retain(|job, _| lost.contains_key(job));
+    state
+        .lost_agents
+        .retain(|job, _| lost.contains_key(job) || lost_now.contains(job));
     for (job, since_ms) in lost {
         state.lost_agents.entry(job).or_insert(LostAgent {
             reason: "its launch ended while Buildkite showed an agent holding the job".into(),

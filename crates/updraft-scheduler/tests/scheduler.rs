@@ -598,3 +598,160 @@ async fn plan_names_the_fleet_for_each_scheduled_job_and_the_queues_no_fleet_ser
         );
     }
 }
+
+/// A backend that refuses every launch as invalid, counting the attempts.
+#[derive(Clone, Default)]
+struct RefusingBackend {
+    launches: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl Backend for RefusingBackend {
+    fn kind(&self) -> &'static str {
+        "refusing"
+    }
+
+    async fn launch(
+        &self,
+        spec: &updraft_backends::LaunchSpec,
+    ) -> Result<updraft_backends::LaunchOutcome, updraft_backends::BackendError> {
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(updraft_backends::BackendError::Invalid {
+            backend: "refusing",
+            name: spec.name.to_string(),
+            detail: "image evil:latest is not in the fleet's allowed images".into(),
+        })
+    }
+
+    async fn stop(&self, _: &LaunchName) -> Result<(), updraft_backends::BackendError> {
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+    ) -> Result<Vec<updraft_backends::LaunchStatus>, updraft_backends::BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn delete(&self, _: &LaunchName) -> Result<(), updraft_backends::BackendError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_the_backend_refuses_fails_its_job_once_with_the_reason_and_is_never_retried() {
+    let emulator = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = RefusingBackend::default();
+    let text = config_text(&emulator, dir.path(), THREE_FLEETS, "");
+    let config = Config::parse(&text).unwrap();
+    let backends: BTreeMap<String, Arc<dyn Backend>> = [(
+        "local".to_string(),
+        Arc::new(backend.clone()) as Arc<dyn Backend>,
+    )]
+    .into();
+    let scheduler = Scheduler::start(config, backends).await.unwrap();
+    emulator
+        .create_pipeline(
+            "bad",
+            "steps:\n  - command: \"true\"\n    agents: {queue: mac}\n",
+        )
+        .unwrap();
+    let job = command_jobs(&emulator, &emulator.create_build("bad").unwrap().job_ids)[0];
+    wait_until(LIMIT, "the job failed", || {
+        emulator.job_state(job) == Some(JobState::Failed)
+    })
+    .await;
+    let timeline = emulator.job_timeline(job).unwrap();
+    assert_eq!(
+        timeline["stack_finish_detail"], "image evil:latest is not in the fleet's allowed images",
+        "{timeline:#}"
+    );
+    // Several reconcile passes later, still one launch attempt.
+    for _ in 0..5 {
+        scheduler.reconcile_now();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        backend.launches.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(acquires(&emulator, job), 0);
+    let metrics = reqwest::get(format!("http://{}/metrics", scheduler.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "updraft_backend_failures_total{backend=\"refusing\",call=\"launch\",kind=\"invalid\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("updraft_jobs_failed_by_scheduler_total 1"),
+        "{metrics}"
+    );
+    scheduler.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_that_dies_mid_job_is_explained_and_left_to_buildkite_to_fail() {
+    let emulator = emulator().await;
+    emulator.set_agent_lost_after(Duration::from_secs(3));
+    let dir = tempfile::tempdir().unwrap();
+    let backend = AgentBackend::new(None);
+    let scheduler = start(&emulator, dir.path(), &backend, "").await;
+    emulator
+        .create_pipeline(
+            "long",
+            "steps:\n  - command: \"sleep 600\"\n    agents: {queue: mac}\n",
+        )
+        .unwrap();
+    let job = command_jobs(&emulator, &emulator.create_build("long").unwrap().job_ids)[0];
+    wait_until(LIMIT, "the job running", || {
+        emulator.job_state(job) == Some(JobState::Running)
+    })
+    .await;
+    backend.crash(job);
+    let waiting = "Buildkite will fail the job once it marks the agent lost";
+    wait_until(LIMIT, "the notification about the lost agent", || {
+        emulator
+            .job_timeline(job)
+            .is_some_and(|t| t["notifications"].to_string().contains(waiting))
+    })
+    .await;
+    let status = reqwest::get(format!("http://{}/status", scheduler.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        status.contains("Jobs waiting on a lost agent (1)"),
+        "{status}"
+    );
+    assert!(status.contains(&job.to_string()), "{status}");
+    let metrics = reqwest::get(format!("http://{}/metrics", scheduler.http_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("updraft_agents_lost_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("updraft_jobs_waiting_on_lost_agent 1"),
+        "{metrics}"
+    );
+    // Buildkite, not the scheduler, ends the job.
+    wait_until(LIMIT, "Buildkite failing the job", || {
+        emulator.job_state(job).is_some_and(|s| s.is_terminal())
+    })
+    .await;
+    let timeline = emulator.job_timeline(job).unwrap();
+    assert!(timeline["stack_finish_detail"].is_null(), "{timeline:#}");
+    assert_eq!(acquires(&emulator, job), 1);
+    scheduler.shutdown().await.unwrap();
+}

@@ -39,12 +39,20 @@ impl Ledger {
     }
 
     /// Write the intent to launch, before asking the backend; returns each job's attempt.
+    ///
+    /// The ledger is the last guard against a decision taken on an older read: a job already
+    /// launched, closed, or refused by its backend is not moved (and so not launched).
+    /// An intent found still `launching` is one whose launch never happened (a launch that
+    /// did would have been listed and adopted): trying it again is the same attempt, so a
+    /// crash before the backend call does not use up the relaunch budget.
     pub fn record_launching(&self, jobs: &[Uuid]) -> Result<Vec<(Uuid, u32)>, LedgerError> {
         let now = self.now();
         self.with_tx("recording launch intents", |tx| {
             let mut update = tx.prepare_cached(
-                "UPDATE jobs SET stage = 'launching', stage_since_ms = ?2, attempts = attempts + 1
-                 WHERE id = ?1 AND stage IN ('reserved', 'launching') RETURNING attempts",
+                "UPDATE jobs SET stage = 'launching', stage_since_ms = ?2,
+                     attempts = CASE WHEN stage = 'launching' THEN MAX(attempts, 1) ELSE attempts + 1 END
+                 WHERE id = ?1 AND stage IN ('reserved', 'launching') AND refused IS NULL
+                 RETURNING attempts",
             )?;
             let mut transition = tx.prepare_cached(
                 "INSERT INTO transitions (job_id, at_ms, stage, detail) VALUES (?1, ?2, 'launching', ?3)",

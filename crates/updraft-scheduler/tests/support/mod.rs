@@ -24,6 +24,7 @@ struct Launch {
     phase: LaunchPhase,
     started_at: chrono::DateTime<Utc>,
     stop: Arc<tokio::sync::Notify>,
+    agent: Option<tokio::task::AbortHandle>,
 }
 
 #[derive(Default)]
@@ -75,6 +76,20 @@ impl AgentBackend {
 
     pub fn live(&self) -> usize {
         self.book.lock().unwrap().live.len()
+    }
+
+    /// The launch dies on the spot, whatever its agent was doing (a killed process, a lost
+    /// node): its agent goes silent without finishing the job.
+    pub fn crash(&self, job: Uuid) {
+        let mut book = self.book.lock().unwrap();
+        if let Some(launch) = book.live.get_mut(&LaunchName::for_job(job)) {
+            if let Some(agent) = launch.agent.take() {
+                agent.abort();
+            }
+            launch.phase = LaunchPhase::Failed {
+                reason: "killed by signal 9".into(),
+            };
+        }
     }
 
     fn set_phase(&self, name: &LaunchName, phase: LaunchPhase) {
@@ -215,12 +230,14 @@ impl Backend for AgentBackend {
                     phase: LaunchPhase::Running,
                     started_at: Utc::now(),
                     stop: stop.clone(),
+                    agent: None,
                 },
             );
         }
         let this = self.clone();
         let spec = spec.clone();
-        tokio::spawn(async move {
+        let name = spec.name.clone();
+        let task = tokio::spawn(async move {
             let name = spec.name.clone();
             let phase = match run_agent(spec, this.run_for, this.watch_cancel, stop).await {
                 Ok(0) => LaunchPhase::Succeeded,
@@ -238,6 +255,9 @@ impl Backend for AgentBackend {
             };
             this.set_phase(&name, phase);
         });
+        if let Some(launch) = self.book.lock().unwrap().live.get_mut(&name) {
+            launch.agent = Some(task.abort_handle());
+        }
         Ok(LaunchOutcome::Started)
     }
 

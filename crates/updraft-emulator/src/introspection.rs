@@ -130,9 +130,13 @@ async fn cancel_job(
 }
 
 async fn counters(State(app): State<SharedApp>) -> Json<Value> {
-    Json(app.store.read(|s| {
-        let c = &s.counters;
-        json!({
+    Json(app.store.read(counters_json))
+}
+
+/// The counters `GET /_emulator/counters` serves.
+pub fn counters_json(s: &World) -> Value {
+    let c = &s.counters;
+    json!({
             "requests_by_route": c.requests_by_route,
             "responses_by_status": c.responses_by_status,
             "api_faults_injected": c.api_faults_injected,
@@ -147,9 +151,9 @@ async fn counters(State(app): State<SharedApp>) -> Json<Value> {
             "jobs_kept": s.jobs.len(),
             "jobs_scheduled_now": s.scheduled.len(),
             "agents": s.agents.len(),
+            "stack_finishes_of_held_jobs": c.stack_finishes_of_held_jobs,
             "push": {"sent": c.push_sent, "failed": c.push_failed, "dropped": c.push_dropped, "duplicated": c.push_duplicated, "delayed": c.push_delayed},
-        })
-    }))
+    })
 }
 
 async fn start_workload(

@@ -198,6 +198,18 @@ impl EmulatorHandle {
             .map_err(|e| anyhow::anyhow!(e.message))
     }
 
+    /// The same JSON as `GET /_emulator/counters`.
+    pub fn counters(&self) -> serde_json::Value {
+        self.app.store.read(introspection::counters_json)
+    }
+
+    /// Stack `finish` calls that arrived for a job an agent held (see `Counters`).
+    pub fn stack_finishes_of_held_jobs(&self) -> u64 {
+        self.app
+            .store
+            .read(|s| s.counters.stack_finishes_of_held_jobs)
+    }
+
     /// The job's log as reassembled so far.
     pub fn job_log(&self, job: Uuid) -> Option<Vec<u8>> {
         self.app

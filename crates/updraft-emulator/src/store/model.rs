@@ -285,4 +285,7 @@ pub struct Counters {
     pub push_dropped: u64,
     pub push_duplicated: u64,
     pub push_delayed: u64,
+    /// Stack `finish` calls for a job an agent held (assigned, accepted, running, canceling,
+    /// timing out): a scheduler must never send one, so tests assert this stays 0.
+    pub stack_finishes_of_held_jobs: u64,
 }

@@ -284,6 +284,16 @@ impl State {
             .jobs
             .get(&id)
             .ok_or_else(|| ApiError::not_found(format!("No job found with id {id}")))?;
+        if matches!(
+            job.state,
+            JobState::Assigned
+                | JobState::Accepted
+                | JobState::Running
+                | JobState::Canceling
+                | JobState::TimingOut
+        ) {
+            self.counters.stack_finishes_of_held_jobs += 1;
+        }
         if !matches!(
             job.state,
             JobState::Scheduled | JobState::Reserved | JobState::Assigned | JobState::Accepted

@@ -2,6 +2,7 @@
 //! `bench-results/<name>.json` (or `--out`). With `--json` the last line printed is one JSON
 //! object with the figures.
 
+mod chaos;
 mod emulator;
 mod logs;
 mod pickup;
@@ -18,6 +19,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Bench {
+    /// The scheduler SIGKILLed again and again, agents killed, API faults and push lost,
+    /// repeated and late: nothing lost, nothing run twice, no healthy job failed.
+    Chaos(chaos::Args),
     /// Request rate of `updraft emulator` on loopback (agent ping, Stacks scheduled-jobs).
     Emulator(emulator::Args),
     /// Log throughput through `updraft agent` into the emulator, in MB/s.
@@ -68,6 +72,7 @@ impl Common {
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.bench {
+        Bench::Chaos(args) => chaos::run(args).await,
         Bench::Emulator(args) => emulator::run(args).await,
         Bench::Logs(args) => logs::run(args).await,
         Bench::Pickup(args) => pickup::pickup(args).await,

@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub upload_workers: usize,
     pub output_drain_timeout: Duration,
     pub remove_build_dirs: bool,
+    /// Adds to each job's environment before its hooks and checkout (e.g. secrets).
+    pub environment: Option<std::sync::Arc<dyn crate::EnvironmentProvider>>,
 }
 
 impl AgentConfig {
@@ -68,6 +70,7 @@ impl AgentConfig {
             upload_workers: defaults.upload_workers,
             output_drain_timeout: defaults.output_drain_timeout,
             remove_build_dirs: defaults.remove_build_dir,
+            environment: None,
         }
     }
 }
@@ -277,6 +280,7 @@ impl Registered {
             max_status_poll_interval: config.max_status_poll_interval,
             remove_build_dir: config.remove_build_dirs,
             withheld: vec![config.token.clone()],
+            environment: config.environment.clone(),
             ..RunnerConfig::new(config.build_path.clone(), &endpoint)
         };
         Registered {

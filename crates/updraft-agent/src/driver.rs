@@ -191,6 +191,10 @@ pub enum DriveError {
         source: ApiError,
         report: Box<JobReport>,
     },
+    /// A resumable relay could not record or replay its progress; it stopped rather than
+    /// risk uploading a byte twice (the job is left to the scheduler's reconciler).
+    #[error("job {job_id}: relaying its log stopped: {detail}")]
+    Progress { job_id: String, detail: String },
 }
 
 /// Start the job, run `command` while streaming `output`, then finish the job.
@@ -279,7 +283,7 @@ where
 }
 
 /// exit status, signal and signal_reason for finish (reference §1.6.10–1.6.11).
-fn finish_fields(
+pub(crate) fn finish_fields(
     outcome: &CommandOutcome,
     stop: Option<StopReason>,
 ) -> (String, Option<String>, Option<String>) {
@@ -336,7 +340,7 @@ async fn pump_output<R: AsyncRead + Unpin>(
     }
 }
 
-async fn sleep_until_opt(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -345,7 +349,11 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 
 /// Poll the job's state; pull the stop switch when it is cancelled or timing out, or when
 /// the job token is refused (401). Never returns.
-async fn watch_for_cancellation(client: &JobClient, interval: Duration, stop: &StopSwitch) {
+pub(crate) async fn watch_for_cancellation(
+    client: &JobClient,
+    interval: Duration,
+    stop: &StopSwitch,
+) {
     loop {
         tokio::time::sleep(interval).await;
         if stop.reason().is_some() {

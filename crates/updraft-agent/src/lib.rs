@@ -3,11 +3,12 @@
 //! through `phases` (the `hooks`, the git `checkout`, the command); `driver` is the part
 //! both the local runner and the `relay` executor share (start, log chunks, cancellation,
 //! finish); `log_streamer` cuts and uploads the log; `process` owns pipes, process groups
-//! and signals.
+//! and signals; `environment` lets a caller add to each job's environment (e.g. secrets).
 
 pub mod agent;
 mod checkout;
 pub mod driver;
+pub mod environment;
 mod hooks;
 pub mod log_streamer;
 mod phases;
@@ -17,4 +18,5 @@ pub mod runner;
 
 pub use agent::{run_agent, AgentConfig, AgentError, AgentRun, Shutdown};
 pub use driver::{CommandOutcome, DriveError, DriveOptions, JobReport, StopReason, StopSwitch};
+pub use environment::{EnvironmentProvider, JobEnvironment, Provided};
 pub use relay::RelayExecutor;

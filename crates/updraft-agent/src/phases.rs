@@ -16,16 +16,32 @@ use tokio::process::Command;
 use tokio::time::Instant;
 use updraft_buildkite::agent_api::Job;
 
+/// Plugins the platform that launched this agent has applied itself (the Kubernetes backend
+/// applies agent-stack-k8s's `kubernetes` plugin to the pod): comma-separated names as in
+/// `BUILDKITE_PLUGINS`. They are neither run nor refused.
+pub const APPLIED_PLUGINS_VAR: &str = "UPDRAFT_APPLIED_PLUGINS";
+/// The command the platform gives the job in place of the step's own (an agent-stack-k8s
+/// `podSpec` container's command).
+pub const JOB_COMMAND_VAR: &str = "UPDRAFT_JOB_COMMAND";
+
 /// Run every phase of `job` with `env` in `job_dir`, writing to `output`.
 pub async fn run_phases(
     job: &Job,
-    env: BTreeMap<String, String>,
+    mut env: BTreeMap<String, String>,
     job_dir: PathBuf,
     config: &RunnerConfig,
     output: OutputWriter,
     stop: &StopSwitch,
 ) -> CommandOutcome {
-    let plugins = job.plugin_names();
+    let applied: Vec<String> = env
+        .get(APPLIED_PLUGINS_VAR)
+        .map(|list| list.split(',').map(|p| p.trim().to_string()).collect())
+        .unwrap_or_default();
+    let plugins: Vec<String> = job
+        .plugin_names()
+        .into_iter()
+        .filter(|name| !applied.contains(name))
+        .collect();
     if !plugins.is_empty() {
         return CommandOutcome::Refused(format!(
             "updraft agent does not run plugins, and this step uses {}; run it on a buildkite-agent or remove the plugin",
@@ -38,7 +54,14 @@ pub async fn run_phases(
         shell: &config.shell[0],
         env_file: &env_file,
     };
-    let command = job.command();
+    let platform_command = env
+        .get(JOB_COMMAND_VAR)
+        .filter(|c| !c.trim().is_empty())
+        .cloned();
+    if let Some(command) = &platform_command {
+        env.insert("BUILDKITE_COMMAND".into(), command.clone());
+    }
+    let command = platform_command.or_else(|| job.command());
     if command.is_none() && hooks.find("command").is_none() {
         return CommandOutcome::FailedToStart(format!(
             "job {} has no command (BUILDKITE_COMMAND is empty)",

@@ -25,6 +25,14 @@
 //! println!("finished with {}", report.exit_status);
 //! # Ok(()) }
 //! ```
+//!
+//! When the output can be read again from a recorded position (a CloudWatch Logs stream),
+//! [`RelayExecutor::run_resumable`] relays it so that a process killed at any instant and
+//! started again continues the same job with no byte lost or sent twice; see [`resumable`].
+
+mod resumable;
+
+pub use resumable::{ChunkMark, LogPosition, ResumableOutput, Resume};
 
 use crate::driver::{drive, CommandOutcome, DriveError, DriveOptions, JobReport, StopSwitch};
 use std::future::Future;
@@ -47,9 +55,19 @@ impl RelayExecutor {
         job_status_interval: Duration,
         grace: Duration,
     ) -> Self {
+        RelayExecutor::with_options(
+            client,
+            DriveOptions::for_job(job, job_status_interval),
+            grace,
+        )
+    }
+
+    /// For a job whose Job JSON is no longer at hand (a relay resumed after a restart): the
+    /// options it was first run with.
+    pub fn with_options(client: JobClient, options: DriveOptions, grace: Duration) -> Self {
         RelayExecutor {
             client,
-            options: DriveOptions::for_job(job, job_status_interval),
+            options,
             stop: StopSwitch::default(),
             grace,
         }
@@ -73,22 +91,54 @@ impl RelayExecutor {
         R: AsyncRead + Unpin + Send,
         F: Future<Output = CommandOutcome>,
     {
-        let stop = self.stop.clone();
-        let grace = self.grace;
-        let bounded = async move {
-            tokio::pin!(command);
-            tokio::select! {
-                outcome = &mut command => outcome,
-                reason = async {
-                    let reason = stop.requested().await;
-                    tokio::time::sleep(grace).await;
-                    reason
-                } => {
-                    tracing::warn!(?reason, grace_secs = grace.as_secs_f64(), "the relayed command did not end after the grace period");
-                    CommandOutcome::Signaled("SIGKILL".into())
-                }
-            }
-        };
+        let bounded = bounded_by_grace(command, self.stop.clone(), self.grace);
         drive(&self.client, &self.options, output, bounded, &self.stop).await
+    }
+
+    /// As [`RelayExecutor::run`], for output that can be read again from where its last
+    /// uploaded chunk ended: `resume` says how far an earlier relay of this job got (the job
+    /// is not started twice, chunks go on from its sequence and offset, and the chunk it was
+    /// uploading is sent again byte for byte), and `output` records progress before and
+    /// after every upload. Chunks go one at a time, in order.
+    pub async fn run_resumable<O, F>(
+        self,
+        output: O,
+        resume: Resume,
+        command: F,
+    ) -> Result<JobReport, DriveError>
+    where
+        O: ResumableOutput,
+        F: Future<Output = CommandOutcome>,
+    {
+        let bounded = bounded_by_grace(command, self.stop.clone(), self.grace);
+        resumable::drive(
+            &self.client,
+            &self.options,
+            output,
+            resume,
+            bounded,
+            &self.stop,
+        )
+        .await
+    }
+}
+
+/// `command`, or `SIGKILL` once a stop was requested and `grace` has passed without it ending.
+async fn bounded_by_grace<F: Future<Output = CommandOutcome>>(
+    command: F,
+    stop: StopSwitch,
+    grace: Duration,
+) -> CommandOutcome {
+    tokio::pin!(command);
+    tokio::select! {
+        outcome = &mut command => outcome,
+        reason = async {
+            let reason = stop.requested().await;
+            tokio::time::sleep(grace).await;
+            reason
+        } => {
+            tracing::warn!(?reason, grace_secs = grace.as_secs_f64(), "the relayed command did not end after the grace period");
+            CommandOutcome::Signaled("SIGKILL".into())
+        }
     }
 }

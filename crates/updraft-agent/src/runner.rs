@@ -5,10 +5,12 @@
 #[cfg(test)]
 use crate::driver::MAX_CHUNK_BYTES;
 use crate::driver::{drive, CommandOutcome, DriveError, DriveOptions, JobReport, StopSwitch};
+use crate::environment::{make_private_dir, private_dir_for, EnvironmentProvider, JobEnvironment};
 use crate::phases::run_phases;
 use crate::process::output_pipe;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use updraft_buildkite::agent_api::{Job, JobClient};
 use updraft_model::Secret;
@@ -36,6 +38,8 @@ pub struct RunnerConfig {
     /// Values that must never reach a job's environment (the agent's registration token):
     /// inherited variables holding one of them are dropped.
     pub withheld: Vec<Secret>,
+    /// Adds to each job's environment before its hooks and checkout (e.g. secrets).
+    pub environment: Option<Arc<dyn EnvironmentProvider>>,
 }
 
 impl RunnerConfig {
@@ -55,6 +59,7 @@ impl RunnerConfig {
             max_status_poll_interval: Duration::from_secs(1),
             remove_build_dir: true,
             withheld: Vec::new(),
+            environment: None,
         }
     }
 }
@@ -94,7 +99,41 @@ pub async fn run_local_job(
             Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
         })
         .collect();
-    let env = job_environment(job, access_token, &job_dir, &header_pairs, config);
+    let mut env = job_environment(job, access_token, &job_dir, &header_pairs, config);
+    let private_dir = private_dir_for(&job_dir);
+    if let Some(provider) = &config.environment {
+        let provided = match make_private_dir(&private_dir) {
+            Ok(()) => {
+                provider
+                    .provide(JobEnvironment {
+                        job_id: &job.id,
+                        env: &env,
+                        private_dir: &private_dir,
+                    })
+                    .await
+            }
+            Err(error) => Err(format!(
+                "could not create {}: {error}",
+                private_dir.display()
+            )),
+        };
+        match provided {
+            Ok(provided) => env.extend(provided.env),
+            Err(why) => {
+                remove_private_dir(&private_dir).await;
+                let why =
+                    format!("updraft agent: the job's environment could not be prepared: {why}");
+                return drive(
+                    client,
+                    &options,
+                    tokio::io::empty(),
+                    async { CommandOutcome::FailedToStart(why) },
+                    stop,
+                )
+                .await;
+            }
+        }
+    }
     let (reader, writer) = match output_pipe() {
         Ok(pipe) => pipe,
         Err(error) => {
@@ -111,6 +150,9 @@ pub async fn run_local_job(
     };
     let steps = run_phases(job, env, job_dir.clone(), config, writer, stop);
     let report = drive(client, &options, reader, steps, stop).await;
+    if config.environment.is_some() {
+        remove_private_dir(&private_dir).await;
+    }
     if config.remove_build_dir {
         if let Err(error) = tokio::fs::remove_dir_all(&job_dir).await {
             if error.kind() != std::io::ErrorKind::NotFound {
@@ -119,6 +161,15 @@ pub async fn run_local_job(
         }
     }
     report
+}
+
+/// Remove a job's private directory (its provided secrets) whatever became of the job.
+async fn remove_private_dir(dir: &Path) {
+    if let Err(error) = tokio::fs::remove_dir_all(dir).await {
+        if error.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(%error, dir = %dir.display(), "could not remove the job's private directory");
+        }
+    }
 }
 
 /// A job id as a directory name: anything but letters, digits, `-` and `_` becomes `_`.

@@ -1,13 +1,16 @@
 //! Where launches run. `Backend` is the one trait every platform implements (local processes
 //! here; Kubernetes and AWS in crates of their own, so their SDKs stay out of this one). Launch is idempotent
 //! on the launch name, which derives from the job uuid, so asking twice starts one launch.
+//! `PoolBackend` (`pool`) is what a platform offers a warm pool of long-lived agents.
 
 pub mod launch;
 pub mod leader;
 pub mod local;
+pub mod pool;
 
 pub use launch::{JobContext, LaunchName, LaunchOutcome, LaunchPhase, LaunchSpec, LaunchStatus};
 pub use leader::LeaderElection;
+pub use pool::{member_of_agent, MemberName, MemberPhase, MemberSpec, MemberStatus, PoolBackend};
 
 use async_trait::async_trait;
 

@@ -13,11 +13,15 @@
 //! Stop, deadlines and the forced kill after the grace are level-triggered: a sweeper checks
 //! the in-memory table every [`SWEEP_INTERVAL`], and the stop request is persisted so a
 //! restarted scheduler still escalates.
+//!
+//! [`LocalPool`] keeps warm-pool members the same way, under `<state>/pool/`.
 
+mod pool;
 mod process;
 mod record;
 mod settings;
 
+pub use pool::LocalPool;
 pub use process::LAUNCH_MARKER_VAR;
 pub use settings::{LocalSettings, DEFAULT_STATE_DIR};
 
@@ -477,6 +481,25 @@ fn recover_launch(name: &LaunchName, dir: LaunchDir) -> io::Result<Tracked> {
 
 /// Start the wrapper shell for `spec` in `dir`; returns the child to wait on.
 fn spawn(spec: &LaunchSpec, dir: &LaunchDir) -> io::Result<tokio::process::Child> {
+    spawn_wrapped(
+        dir,
+        spec.name.as_str(),
+        &spec.command,
+        &spec.env,
+        &spec.secrets,
+    )
+}
+
+/// Start `program` (with its arguments) under the wrapper shell in `dir` (its own process group, work directory
+/// and output file), with the inherited variables, `env`, `secrets` and `marker` as
+/// [`LAUNCH_MARKER_VAR`]; returns the child to wait on.
+fn spawn_wrapped(
+    dir: &LaunchDir,
+    marker: &str,
+    program: &[String],
+    env: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, updraft_model::Secret>,
+) -> io::Result<tokio::process::Child> {
     let work = dir.file(record::WORK_DIR);
     fs::create_dir(&work)?;
     let output = fs::OpenOptions::new()
@@ -487,9 +510,9 @@ fn spawn(spec: &LaunchSpec, dir: &LaunchDir) -> io::Result<tokio::process::Child
     command
         .arg("-c")
         .arg(WRAPPER_SCRIPT)
-        .arg(format!("updraft-launch:{}", spec.name))
+        .arg(format!("updraft-launch:{marker}"))
         .arg(dir.file(record::EXIT_STATUS_FILE))
-        .args(&spec.command)
+        .args(program)
         .current_dir(&work)
         .env_clear()
         .envs(
@@ -497,13 +520,9 @@ fn spawn(spec: &LaunchSpec, dir: &LaunchDir) -> io::Result<tokio::process::Child
                 .iter()
                 .filter_map(|var| Some((*var, std::env::var_os(var)?))),
         )
-        .envs(&spec.env)
-        .envs(
-            spec.secrets
-                .iter()
-                .map(|(key, value)| (key, value.expose())),
-        )
-        .env(LAUNCH_MARKER_VAR, spec.name.as_str())
+        .envs(env)
+        .envs(secrets.iter().map(|(key, value)| (key, value.expose())))
+        .env(LAUNCH_MARKER_VAR, marker)
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output)

@@ -167,6 +167,12 @@ pub struct Agent {
     pub job: Option<Job>,
     #[serde(default)]
     pub paused: Option<bool>,
+    /// RFC 3339; when the agent connected.
+    #[serde(default)]
+    pub connected_at: Option<String>,
+    /// RFC 3339; when the agent last finished a job.
+    #[serde(default)]
+    pub last_job_finished_at: Option<String>,
 }
 
 /// Which builds to list (reference §3.4); empty fields are not sent.

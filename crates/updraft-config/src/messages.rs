@@ -56,6 +56,15 @@ pub(crate) fn translate(
                 format!("expected {}, got {found}", expected(choices(options))),
             )]
         }
+        ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. }
+            if tagged_branches(subschema).is_some() =>
+        {
+            let instance = instance_root
+                .pointer(error.instance_path().as_str())
+                .unwrap_or(&Value::Null);
+            tagged(subschema, instance, &path)
+                .unwrap_or_else(|| vec![(path, format!("expected a table, got {found}"))])
+        }
         ValidationErrorKind::OneOfNotValid { .. } | ValidationErrorKind::AnyOf { .. } => {
             let consts = alternatives(subschema);
             let words = if consts.is_empty() {
@@ -214,6 +223,45 @@ fn plural(words: &str) -> String {
         .replace("string", "strings")
         .replace("integer", "integers")
         .replace("table", "tables")
+}
+
+/// A `oneOf` of tables told apart by one key's constant (serde's internally tagged enums,
+/// `{ kind = "hpa", … }`): that key, and each branch with its tag.
+fn tagged_branches(subschema: &Value) -> Option<(String, Vec<(&Value, &Value)>)> {
+    let branches = subschema
+        .get("oneOf")
+        .or_else(|| subschema.get("anyOf"))?
+        .as_array()?;
+    let first = branches.first()?.get("properties")?.as_object()?;
+    let key = first.iter().find(|(_, p)| p.get("const").is_some())?.0;
+    let tags = branches
+        .iter()
+        .map(|branch| Some((branch.get("properties")?.get(key)?.get("const")?, branch)))
+        .collect::<Option<Vec<_>>>()?;
+    Some((key.clone(), tags))
+}
+
+/// A tagged table's mistakes, each at its own key: checked against the branch its tag names,
+/// or the tag itself when it names none.
+fn tagged(subschema: &Value, instance: &Value, path: &Path) -> Option<Vec<(Path, String)>> {
+    let (key, branches) = tagged_branches(subschema)?;
+    let table = instance.as_object()?;
+    let Some(tag) = table.get(&key) else {
+        return Some(vec![(path.key(&key), "missing; it is required".into())]);
+    };
+    let Some((_, branch)) = branches.iter().find(|(t, _)| *t == tag) else {
+        let tags = Value::Array(branches.iter().map(|(t, _)| (*t).clone()).collect());
+        return Some(vec![(
+            path.key(&key),
+            format!("expected {}, got {}", choices(&tags), describe(tag)),
+        )]);
+    };
+    let validator = jsonschema::validator_for(branch).ok()?;
+    let lines: Vec<(Path, String)> = validator
+        .iter_errors(instance)
+        .flat_map(|error| translate(&error, branch, instance, path))
+        .collect();
+    (!lines.is_empty()).then_some(lines)
 }
 
 /// The constant values of a `oneOf`/`anyOf` (documented enum variants).

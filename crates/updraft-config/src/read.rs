@@ -286,6 +286,65 @@ mod tests {
         );
     }
 
+    // The fields exist for serde and the schema; the test reads only the errors.
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Pool {
+        policy: Policy,
+    }
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize, JsonSchema)]
+    #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+    enum Policy {
+        /// Scale like an HPA.
+        Hpa {
+            #[serde(default)]
+            #[schemars(range(min = 1))]
+            scale_up_pods: u32,
+        },
+        /// Updraft's own.
+        Updraft {
+            #[serde(default)]
+            quantile: f64,
+        },
+    }
+
+    impl Settings for Pool {}
+
+    #[test]
+    fn a_tagged_table_s_mistakes_are_named_at_their_own_keys() {
+        let read_pool = |policy: Value| {
+            let mut errors = Errors::new();
+            read::<Pool>(
+                &serde_json::json!({ "policy": policy }),
+                &Path::root().key("pool"),
+                &mut errors,
+            );
+            errors
+                .into_vec()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            read_pool(serde_json::json!({"kind": "hpa", "scale_up_podz": 4, "scale_up_pods": 0})),
+            [
+                "pool.policy.scale_up_pods: expected at least 1, got the integer 0",
+                "pool.policy.scale_up_podz: unknown key (did you mean `scale_up_pods`?)",
+            ]
+        );
+        assert_eq!(
+            read_pool(serde_json::json!({"kind": "keda"})),
+            ["pool.policy.kind: expected \"hpa\" or \"updraft\", got the string \"keda\""]
+        );
+        assert_eq!(
+            read_pool(serde_json::json!({"quantile": 0.5})),
+            ["pool.policy.kind: missing; it is required"]
+        );
+    }
+
     #[test]
     fn toml_syntax_errors_are_one_problem_for_the_file() {
         let errors = read_toml_text("a = ").unwrap_err();

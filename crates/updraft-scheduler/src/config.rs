@@ -18,13 +18,14 @@ use std::path::{Path as FsPath, PathBuf};
 use std::time::Duration;
 use updraft_config::{read, read_toml_text, Errors, Path};
 pub use updraft_config::{ConfigError, ConfigErrors};
+use updraft_model::scaling::PoolSettings;
 pub use updraft_model::PriorityOrder;
 use updraft_model::{AgentTags, FleetLimits, RuleError, Secret};
 
 pub use file::{
     BuildkiteFile, FleetFile, HttpFile, LedgerFile, LimitsFile, Mode, PushFile, ReconcileFile,
     TemplateFile, DEFAULT_AGENT_TOKEN_ENV, DEFAULT_ENDPOINT, DEFAULT_HTTP_LISTEN,
-    DEFAULT_LEDGER_PATH, MIN_LEDGER_RETENTION, MIN_POLL_INTERVAL_MS,
+    DEFAULT_LEDGER_PATH, DEFAULT_REST_ENDPOINT, MIN_LEDGER_RETENTION, MIN_POLL_INTERVAL_MS,
 };
 
 /// The sections the scheduler reads itself, in the order the reference lists them.
@@ -51,14 +52,21 @@ pub struct Config {
 pub struct BuildkiteConfig {
     /// The agent API base, e.g. `https://agent.buildkite.com/v3`.
     pub endpoint: String,
-    /// The cluster agent token (Stacks API, metrics). Never put into a launch.
+    /// The cluster agent token (Stacks API, metrics). Never put into a launch. Empty until
+    /// the binary has read `agent_token_from`.
     pub agent_token: Secret,
+    /// Where the binary reads the agent token at start-up (`ssm:/name`), if the file says so.
+    pub agent_token_from: Option<String>,
     pub stack_key: String,
     pub poll_interval: Duration,
     pub page_limit: u32,
     pub reservation_expiry: Duration,
     pub token_lifetime: Duration,
     pub metrics_interval: Duration,
+    /// The REST API base, e.g. `https://api.buildkite.com/v2`.
+    pub rest_endpoint: String,
+    /// A REST API token for pools to read their agents; `None` without one.
+    pub api_token: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +75,8 @@ pub struct PushConfig {
     pub listen: Option<SocketAddr>,
     /// The shared webhook token (also the HMAC key for signed webhooks).
     pub webhook_token: Option<Secret>,
+    /// Where the binary reads the webhook token at start-up (`ssm:/name`), if the file says so.
+    pub webhook_token_from: Option<String>,
     pub allow_unsigned_eventbridge: bool,
 }
 
@@ -121,9 +131,20 @@ pub struct FleetConfig {
     pub running_deadline: Duration,
     /// Relaunches allowed for a job whose launch died before its agent took the job.
     pub relaunch_budget: u32,
+    /// The warm pool, for a `mode = "pool"` fleet.
+    pub pool: Option<PoolSettings>,
+    /// Dollars per second of one launch or pool member.
+    pub price_per_second: Option<f64>,
+    /// For a one-shot fleet behind a pool: how long a job waits for a pool agent first.
+    pub overflow_after: Option<Duration>,
 }
 
 impl FleetConfig {
+    /// Whether this fleet is a warm pool rather than one-shot launches.
+    pub fn is_pool(&self) -> bool {
+        self.mode == Mode::Pool
+    }
+
     /// The hard limit every launch gets from the backend.
     pub fn launch_deadline(&self) -> Duration {
         self.pending_deadline + self.running_deadline
@@ -333,6 +354,20 @@ fn read_fleets(
             None => complete = false,
         }
     }
+    for (i, fleet) in fleets.iter().enumerate() {
+        let pool_before = fleets[..i]
+            .iter()
+            .any(|earlier| earlier.is_pool() && earlier.queue == fleet.queue);
+        if fleet.overflow_after.is_some() && !fleet.is_pool() && !pool_before {
+            errors.push(
+                &at.index(i).key("overflow_after"),
+                format!(
+                    "expected a mode = \"pool\" fleet on queue {:?} listed before this one to take overflow from",
+                    fleet.queue
+                ),
+            );
+        }
+    }
     let mut seen = BTreeSet::new();
     for (i, fleet) in fleets.iter().enumerate() {
         if !seen.insert(fleet.name.clone()) {
@@ -437,29 +472,57 @@ fn apply_env(
     }
 }
 
-/// A secret given inline (`<key>`) or by environment variable name (`<key>_env`), else from
-/// `default_env` when given. `Err` is reported already.
+/// The ways a secret may be given: inline (`<key>`), by environment variable name
+/// (`<key>_env`), by reference to a secret store (`<key>_from`, read by the binary at
+/// start-up), or by a default environment variable.
+pub(crate) struct SecretSources<'a> {
+    pub inline: Option<&'a str>,
+    pub env: Option<&'a str>,
+    pub from: Option<&'a str>,
+    pub default_env: Option<&'a str>,
+}
+
+/// A secret as the configuration gives it.
+pub(crate) enum Given {
+    Value(Secret),
+    /// A reference to a secret store (`ssm:/name`), read by the binary at start-up.
+    Reference(String),
+}
+
+/// Resolve a secret from one of its sources; at most one may be given. `Err` is reported
+/// already.
 pub(crate) fn secret(
-    inline: Option<&str>,
-    env_name: Option<&str>,
-    default_env: Option<&str>,
+    sources: SecretSources<'_>,
     at: &Path,
     key: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
     errors: &mut Errors,
-) -> Result<Option<Secret>, ()> {
+) -> Result<Option<Given>, ()> {
     let env_key = format!("{key}_env");
-    match (inline, env_name) {
-        (Some(_), Some(_)) => {
-            errors.push(
-                &at.key(key),
-                format!("set either {key} or {env_key}, not both"),
-            );
-            Err(())
-        }
-        (Some(value), None) => Ok(Some(Secret::new(value))),
-        (None, Some(name)) => match lookup(name).filter(|v| !v.is_empty()) {
-            Some(value) => Ok(Some(Secret::new(value))),
+    let given: Vec<String> = [
+        sources.inline.map(|_| key.to_string()),
+        sources.env.map(|_| env_key.clone()),
+        sources.from.map(|_| format!("{key}_from")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        errors.push(
+            &at.key(key),
+            format!("set only one of {}", given.join(", ")),
+        );
+        return Err(());
+    }
+    if let Some(value) = sources.inline {
+        return Ok(Some(Given::Value(Secret::new(value))));
+    }
+    if let Some(reference) = sources.from {
+        return Ok(Some(Given::Reference(reference.to_string())));
+    }
+    if let Some(name) = sources.env {
+        return match lookup(name).filter(|v| !v.is_empty()) {
+            Some(value) => Ok(Some(Given::Value(Secret::new(value)))),
             None => {
                 errors.push(
                     &at.key(&env_key),
@@ -467,11 +530,12 @@ pub(crate) fn secret(
                 );
                 Err(())
             }
-        },
-        (None, None) => Ok(default_env
-            .and_then(|name| lookup(name).filter(|v| !v.is_empty()))
-            .map(Secret::new)),
+        };
     }
+    Ok(sources
+        .default_env
+        .and_then(|name| lookup(name).filter(|v| !v.is_empty()))
+        .map(|value| Given::Value(Secret::new(value))))
 }
 
 /// A fleet's tags with `queue=<queue>` first; `None` when a tag is malformed (reported).

@@ -8,6 +8,8 @@
 use crate::clock::Clock;
 use crate::config::{Config, FleetConfig};
 use crate::ledger::{Ledger, LedgerError, LedgerJob};
+use crate::pool::board::Board;
+use crate::pool::intake::{overflow_fleet, JobLabel, PoolIntake};
 use crate::ports::Buildkite;
 use crate::router::{route, Route};
 use crate::stats::{Source, Stats};
@@ -15,7 +17,8 @@ use crate::telemetry::{labels, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{mpsc, watch, Notify};
-use updraft_backends::{Backend, JobContext};
+use updraft_backends::{Backend, JobContext, PoolBackend};
+use updraft_buildkite::metrics::QueueMetrics;
 use updraft_buildkite::stacks::Notification;
 use updraft_buildkite::ApiError;
 use updraft_model::{Limiter, QueryRules};
@@ -46,6 +49,8 @@ pub(crate) enum Phase {
     Unserved,
     /// In its fleet's waiting queue.
     Waiting,
+    /// Left to a pool's agents, which take it from Buildkite themselves (`pool::intake`).
+    Pooled,
     /// Admitted: holds a slot; the ledger and the reconciler own it from here.
     Owned,
 }
@@ -103,6 +108,8 @@ pub(crate) struct State {
     pub backoff: HashMap<Uuid, Backoff>,
     /// Jobs waiting for Buildkite to notice their agent is gone.
     pub lost_agents: BTreeMap<Uuid, LostAgent>,
+    /// Jobs left to pools, their arrivals and their overflow times.
+    pub pools: PoolIntake,
 }
 
 pub(crate) struct Core {
@@ -113,8 +120,10 @@ pub(crate) struct Core {
     /// Run ledger calls on the calling task instead of the blocking pool (the simulation
     /// test, which must decide every interleaving itself).
     pub ledger_inline: bool,
-    /// Each fleet's backend, by fleet index.
-    pub fleet_backends: Vec<Arc<dyn Backend>>,
+    /// Each one-shot fleet's backend, by fleet index (`None` for a pool fleet).
+    pub fleet_backends: Vec<Option<Arc<dyn Backend>>>,
+    /// Each pool fleet's backend, by fleet index (`None` for a one-shot fleet).
+    pub pool_backends: Vec<Option<Arc<dyn PoolBackend>>>,
     pub backends: BTreeMap<String, Arc<dyn Backend>>,
     pub state: Mutex<State>,
     pub wake_dispatch: Notify,
@@ -127,6 +136,10 @@ pub(crate) struct Core {
     pub to_notify: mpsc::UnboundedSender<(String, Notification)>,
     pub stats: Stats,
     pub telemetry: Telemetry,
+    /// The latest queue metrics reading (pools decide from it).
+    pub metrics_reading: watch::Sender<Option<Arc<QueueMetrics>>>,
+    /// What the pools last did, and the cost book.
+    pub pools: Board,
     pub fatal: watch::Sender<Option<String>>,
     /// Set once to stop every task.
     pub stop: watch::Sender<bool>,
@@ -149,7 +162,8 @@ pub(crate) struct Parts {
     pub buildkite: Arc<dyn Buildkite>,
     pub ledger: Arc<Ledger>,
     pub backends: BTreeMap<String, Arc<dyn Backend>>,
-    pub fleet_backends: Vec<Arc<dyn Backend>>,
+    pub fleet_backends: Vec<Option<Arc<dyn Backend>>>,
+    pub pool_backends: Vec<Option<Arc<dyn PoolBackend>>>,
     pub ledger_inline: bool,
 }
 
@@ -174,6 +188,7 @@ impl Core {
             ledger: parts.ledger,
             ledger_inline: parts.ledger_inline,
             fleet_backends: parts.fleet_backends,
+            pool_backends: parts.pool_backends,
             backends: parts.backends,
             state: Mutex::new(State {
                 jobs: HashMap::new(),
@@ -184,6 +199,7 @@ impl Core {
                 holds: BTreeMap::new(),
                 backoff: HashMap::new(),
                 lost_agents: BTreeMap::new(),
+                pools: PoolIntake::default(),
             }),
             wake_dispatch: Notify::new(),
             wake_reconcile: Notify::new(),
@@ -193,6 +209,8 @@ impl Core {
             to_notify,
             stats: Stats::default(),
             telemetry: Telemetry::new(),
+            metrics_reading: watch::channel(None).0,
+            pools: Board::default(),
             fatal: watch::channel(None).0,
             stop: watch::channel(false).0,
             ready: watch::channel(false).0,
@@ -335,6 +353,18 @@ impl Core {
                     ),
                 };
                 let phase = match fleet {
+                    Some(index) if self.config.fleets[index].is_pool() => {
+                        let overflow = candidate.rules.as_ref().ok().and_then(|rules| {
+                            overflow_fleet(&self.config.fleets, index, rules).map(
+                                |(fleet, after)| {
+                                    (fleet, candidate.scheduled_at_ms + after.as_millis() as i64)
+                                },
+                            )
+                        });
+                        let label = JobLabel::of(&candidate.context, &queue);
+                        state.pools.take(candidate.id, index, overflow, label, now);
+                        Phase::Pooled
+                    }
                     Some(index) => {
                         state.limiter.enqueue(
                             index,
@@ -359,6 +389,12 @@ impl Core {
                         ));
                     }
                 }
+                let reason = match phase {
+                    Phase::Pooled => fleet.map(|index| {
+                        format!("waiting for an agent of pool {}", self.fleet(index).name)
+                    }),
+                    _ => reason,
+                };
                 let mut context = candidate.context;
                 context.queue = queue.clone();
                 context.priority = candidate.priority;
@@ -494,7 +530,7 @@ impl Core {
 
     pub fn backend_for(&self, job: Uuid) -> Option<Arc<dyn Backend>> {
         let fleet = self.state().jobs.get(&job).and_then(|t| t.fleet);
-        fleet.map(|index| self.fleet_backends[index].clone())
+        fleet.and_then(|index| self.fleet_backends[index].clone())
     }
 
     /// The backend said the fleet's platform is full: hold the fleet's launches back for a
@@ -570,6 +606,7 @@ mod tests {
             ledger,
             backends: BTreeMap::new(),
             fleet_backends: Vec::new(),
+            pool_backends: Vec::new(),
             ledger_inline: true,
         })
         .0

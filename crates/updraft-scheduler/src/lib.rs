@@ -54,6 +54,7 @@ pub mod ledger;
 pub use updraft_model::limiter;
 mod pipeline;
 pub mod plan;
+pub mod pool;
 pub mod ports;
 mod pull;
 mod push;
@@ -72,5 +73,6 @@ mod telemetry;
 
 pub use config::{Config, ConfigError, ConfigErrors, FleetConfig};
 pub use plan::{plan, Plan, PlannedJob};
-pub use scheduler::{Scheduler, SchedulerHandle};
+pub use pool::{CostLine, JobCost, MemberSnapshot, PoolSnapshot, Spent};
+pub use scheduler::{Scheduler, SchedulerHandle, TakeIn};
 pub use stats::{Pickup, Source, StatsSnapshot};

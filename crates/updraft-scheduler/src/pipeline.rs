@@ -54,6 +54,7 @@ pub(crate) async fn dispatcher(core: Arc<Core>) {
         if core.is_stopping() {
             return;
         }
+        crate::pool::intake::overflow_due(&core);
         admit(&core);
     }
 }
@@ -384,7 +385,10 @@ pub(crate) async fn launch_one(core: &Core, ready: Ready) {
         core.state().launching.remove(&job);
         return;
     };
-    let backend = core.fleet_backends[fleet_index].clone();
+    let Some(backend) = core.fleet_backends[fleet_index].clone() else {
+        core.state().launching.remove(&job);
+        return;
+    };
     if backend.needs_job_details() {
         match core.buildkite.job_details(&context.queue, job).await {
             Ok(details) => {
@@ -439,7 +443,9 @@ pub(crate) async fn launch_one(core: &Core, ready: Ready) {
 
 async fn launch_failed(core: &Core, job: Uuid, fleet: usize, error: BackendError) {
     Stats::add(&core.stats.launch_failures, 1);
-    let backend = core.fleet_backends[fleet].kind();
+    let backend = core.fleet_backends[fleet]
+        .as_ref()
+        .map_or("none", |backend| backend.kind());
     core.telemetry
         .backend_failures
         .get_or_create(&labels(&[

@@ -1,6 +1,7 @@
 //! Polls Buildkite's agent metrics endpoint and republishes the numbers on `/metrics` under
 //! buildkite-agent-metrics' names, never faster than the server's
-//! `Buildkite-Agent-Metrics-Poll-Duration` allows.
+//! `Buildkite-Agent-Metrics-Poll-Duration` allows, and keeps the latest reading for the
+//! pools (read as often as the most frequent pool steps).
 
 use crate::core::Core;
 use std::sync::Arc;
@@ -19,16 +20,17 @@ pub(crate) async fn poller(core: Arc<Core>) {
             return;
         }
     };
-    let mut wait = core.config.buildkite.metrics_interval;
+    let interval = crate::pool::metrics_interval(&core.config);
+    let mut wait = interval;
     loop {
         match client.all_queues().await {
             Ok(reading) => {
                 core.telemetry.record_queue_metrics(&reading.metrics);
+                core.metrics_reading
+                    .send_replace(Some(std::sync::Arc::new(reading.metrics)));
                 wait = reading
                     .min_poll_interval
-                    .map_or(core.config.buildkite.metrics_interval, |min| {
-                        min.max(core.config.buildkite.metrics_interval)
-                    });
+                    .map_or(interval, |min| min.max(interval));
             }
             Err(error) => {
                 if core.check_fatal("reading queue metrics", &error) {

@@ -123,6 +123,7 @@ mod tests {
             ledger: ledger.clone(),
             backends: BTreeMap::new(),
             fleet_backends: Vec::new(),
+            pool_backends: Vec::new(),
             ledger_inline: false,
         })
         .0;

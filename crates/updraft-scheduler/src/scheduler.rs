@@ -11,9 +11,10 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::core::{Core, Inboxes, Parts, Phase};
 use crate::ledger::Ledger;
+use crate::pool::{CostLine, JobCost, PoolSnapshot};
 use crate::stackset::StackSet;
 use crate::stats::StatsSnapshot;
-use crate::{http, pipeline, pull, push, queue_metrics, reconciler};
+use crate::{http, pipeline, pool, pull, push, queue_metrics, reconciler};
 use anyhow::Context;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use updraft_backends::{Backend, LeaderElection};
+use updraft_backends::{Backend, LeaderElection, PoolBackend};
 use updraft_buildkite::events::PushEvent;
 use uuid::Uuid;
 
@@ -52,17 +53,24 @@ impl Scheduler {
         backends: BTreeMap<String, Arc<dyn Backend>>,
         leader: Option<Arc<dyn LeaderElection>>,
     ) -> anyhow::Result<SchedulerHandle> {
-        let mut fleet_backends = Vec::new();
-        for (i, fleet) in config.fleets.iter().enumerate() {
-            let backend = backends.get(&fleet.backend).with_context(|| {
-                format!(
-                    "fleet[{i}].backend: no backend named {:?} is available (available: {})",
-                    fleet.backend,
-                    backends.keys().cloned().collect::<Vec<_>>().join(", ")
-                )
-            })?;
-            fleet_backends.push(backend.clone());
+        Scheduler::start_with_pools(config, backends, BTreeMap::new(), leader).await
+    }
+
+    /// Start a scheduler whose pool fleets (`mode = "pool"`) keep their members on `pools`,
+    /// by the name fleets use in `backend = "…"`.
+    pub async fn start_with_pools(
+        config: Config,
+        backends: BTreeMap<String, Arc<dyn Backend>>,
+        pools: BTreeMap<String, Arc<dyn PoolBackend>>,
+        leader: Option<Arc<dyn LeaderElection>>,
+    ) -> anyhow::Result<SchedulerHandle> {
+        if let Some(from) = &config.buildkite.agent_token_from {
+            anyhow::ensure!(
+                !config.buildkite.agent_token.is_empty(),
+                "buildkite.agent_token_from = {from:?} was not read: the caller must read secret references before starting"
+            );
         }
+        let (fleet_backends, pool_backends) = fleet_platforms(&config, &backends, &pools)?;
         let stacks = StackSet::new(&config)?;
         let ledger_path = config.ledger.path.clone();
         let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
@@ -93,6 +101,7 @@ impl Scheduler {
             ledger: Arc::new(ledger),
             backends,
             fleet_backends,
+            pool_backends,
             ledger_inline: false,
         });
         let core = Arc::new(core);
@@ -125,6 +134,44 @@ impl Scheduler {
             push_addr,
         })
     }
+}
+
+/// Each fleet's backend by fleet index: a one-shot fleet's `Backend`, a pool fleet's
+/// `PoolBackend`; a fleet naming one this build does not have is an error.
+#[allow(clippy::type_complexity)]
+fn fleet_platforms(
+    config: &Config,
+    backends: &BTreeMap<String, Arc<dyn Backend>>,
+    pools: &BTreeMap<String, Arc<dyn PoolBackend>>,
+) -> anyhow::Result<(
+    Vec<Option<Arc<dyn Backend>>>,
+    Vec<Option<Arc<dyn PoolBackend>>>,
+)> {
+    let (mut fleet_backends, mut pool_backends) = (Vec::new(), Vec::new());
+    for (i, fleet) in config.fleets.iter().enumerate() {
+        if fleet.is_pool() {
+            let pool = pools.get(&fleet.backend).with_context(|| {
+                format!(
+                    "fleet[{i}].backend: no backend named {:?} keeps pools (backends with pools: {})",
+                    fleet.backend,
+                    pools.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            fleet_backends.push(None);
+            pool_backends.push(Some(pool.clone()));
+        } else {
+            let backend = backends.get(&fleet.backend).with_context(|| {
+                format!(
+                    "fleet[{i}].backend: no backend named {:?} is available (available: {})",
+                    fleet.backend,
+                    backends.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })?;
+            fleet_backends.push(Some(backend.clone()));
+            pool_backends.push(None);
+        }
+    }
+    Ok((fleet_backends, pool_backends))
 }
 
 /// Wait for the lease, lead, and stop at once when the lease is lost.
@@ -201,6 +248,12 @@ async fn lead(
         set.spawn(reconciler::run(core.clone()));
         set.spawn(pull::poller(core.clone(), stacks));
         set.spawn(queue_metrics::poller(core.clone()));
+        set.spawn(pool::cost::charge_launches(core.clone()));
+        for (index, fleet) in core.config.fleets.iter().enumerate() {
+            if fleet.is_pool() {
+                set.spawn(pool::run(core.clone(), index));
+            }
+        }
     }
     let _ = core.ready.send(true);
     tracing::info!(fleets = core.config.fleets.len(), "scheduler started");
@@ -220,7 +273,8 @@ async fn serve(listener: TcpListener, app: axum::Router, core: Arc<Core>) {
 /// What became of a job handed to `SchedulerHandle::take_in`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TakeIn {
-    /// Reserved and in the ledger: it will be launched even if this process dies now.
+    /// Reserved and in the ledger: it will be launched even if this process dies now. Also a
+    /// job left to a pool's agents, which take it from Buildkite whatever happens here.
     Recorded,
     /// Known already (another delivery of the same event, or a poll).
     Duplicate,
@@ -256,6 +310,28 @@ impl SchedulerHandle {
 
     pub fn stats(&self) -> StatsSnapshot {
         self.core.stats.snapshot()
+    }
+
+    /// Each pool's last step: its decision, members, boot times and recent actions.
+    pub fn pools(&self) -> Vec<PoolSnapshot> {
+        self.core.pools.snapshots()
+    }
+
+    /// Compute and cost so far, by fleet, queue, pipeline and kind (since this process
+    /// started).
+    pub fn costs(&self) -> Vec<CostLine> {
+        self.core.pools.cost_lines()
+    }
+
+    /// The most recent jobs' compute and cost, newest first.
+    pub fn job_costs(&self, limit: usize) -> Vec<JobCost> {
+        self.core.pools.recent_job_costs(limit)
+    }
+
+    /// Serve a backend's own metrics (a registry whose series it keeps) on `/metrics`,
+    /// after the scheduler's.
+    pub fn serve_metrics(&self, registry: prometheus_client::registry::Registry) {
+        self.core.telemetry.add_registry(registry);
     }
 
     /// Ask for a reconcile pass now rather than at the next interval.
@@ -302,6 +378,8 @@ impl SchedulerHandle {
             None => Some(TakeIn::Gone),
             Some((Phase::Unserved, reason)) => Some(TakeIn::NotOurs(reason.unwrap_or_default())),
             Some((Phase::Waiting, _)) => None,
+            // A pool's agents take it from Buildkite, and a restart finds it there again.
+            Some((Phase::Pooled, _)) => Some(TakeIn::Recorded),
             Some((Phase::Owned, _)) => {
                 let row = self.core.ledger(move |ledger| ledger.job(job)).await?;
                 row.map(|_| TakeIn::Recorded)

@@ -1,5 +1,5 @@
-//! The `/status` page: plain HTML, no scripts — each fleet's load, the jobs waiting and why,
-//! and the most recent launches. It shows names, counts and reasons only; no token or
+//! The `/status` page: plain HTML, no scripts — each fleet's load, the pools' decisions and
+//! compute cost (`pool::status`), the jobs waiting and why, and the most recent launches. It shows names, counts and reasons only; no token or
 //! secret is ever held where this page could read it.
 
 use crate::core::{Core, Phase};
@@ -15,14 +15,14 @@ type Lost = (String, String, i64);
 /// How many waiting jobs the page lists.
 const WAITING_SHOWN: usize = 200;
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
 
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
         .map(|t| t.format("%H:%M:%S%.3f").to_string())
@@ -106,6 +106,7 @@ pub(crate) fn render(core: &Core, recent: Result<Vec<LaunchRow>, String>) -> Str
         );
     }
     page.push_str("</table>");
+    crate::pool::status::render(&mut page, core);
     for (fleet, reason, until) in &holds {
         let _ = write!(
             page,

@@ -2,9 +2,12 @@
 //! buildkite-agent-metrics' names and labels (`buildkite_total_*{cluster}`,
 //! `buildkite_queues_*{queue,cluster}`), and Updraft's own — jobs seen, launches by fleet and
 //! outcome, pickup latency from scheduled to launch, slots in flight, reconcile passes and
-//! corrections, push events, ledger rows pruned past the retention.
+//! corrections, push events, ledger rows pruned past the retention, and the pools' and per-job
+//! cost series (`pool::metrics`). Backends keep their own series in registries of their own,
+//! which `/metrics` serves after these (`SchedulerHandle::serve_metrics`).
 
-use prometheus_client::encoding::text::encode;
+use crate::pool::metrics::PoolMetrics;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -47,6 +50,7 @@ fn pickup_histogram() -> Histogram {
 
 pub(crate) struct Telemetry {
     registry: Registry,
+    backends: Mutex<Vec<Registry>>,
     totals: Vec<Family<Labels, Gauge>>,
     queues: Vec<Family<Labels, Gauge>>,
     known_queues: Mutex<Vec<Labels>>,
@@ -65,6 +69,7 @@ pub(crate) struct Telemetry {
     pub jobs_failed_by_scheduler: Counter,
     pub push_events: Family<Labels, Counter>,
     pub ledger_pruned: Family<Labels, Counter>,
+    pub pools: PoolMetrics,
 }
 
 impl Telemetry {
@@ -180,8 +185,10 @@ impl Telemetry {
             "Ledger rows of jobs closed longer ago than [ledger] retention, pruned, by table",
             ledger_pruned.clone(),
         );
+        let pools = PoolMetrics::register(&mut registry);
         Telemetry {
             registry,
+            backends: Mutex::new(Vec::new()),
             totals,
             queues,
             known_queues: Mutex::new(Vec::new()),
@@ -200,6 +207,7 @@ impl Telemetry {
             jobs_failed_by_scheduler,
             push_events,
             ledger_pruned,
+            pools,
         }
     }
 
@@ -237,10 +245,26 @@ impl Telemetry {
         *known = current;
     }
 
+    /// Serve a backend's registry on `/metrics` too.
+    pub fn add_registry(&self, registry: Registry) {
+        self.backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(registry);
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
+        let backends = self
+            .backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        for registry in backends.iter() {
+            let _ = encode_registry(&mut out, registry);
+        }
+        let _ = encode_eof(&mut out);
         out
     }
 }

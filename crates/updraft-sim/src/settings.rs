@@ -79,6 +79,13 @@ pub struct FleetSettings {
     /// launch (one-shot).
     #[serde(default)]
     pub pool: Option<PoolSettings>,
+    /// Pools only: how long a waiting job takes to reach an idle agent. Agents ask for work
+    /// at intervals (`buildkite-agent` pings every `ping_interval` plus jitter; streaming
+    /// pings take under a second), so a job arriving at an idle pool, or waiting when an
+    /// agent finishes its job, waits for that agent's next ping; a booting agent's first
+    /// ping takes a waiting job at once. Default: none (an idle agent takes a job at once).
+    #[serde(default)]
+    pub pickup: Option<DurationDistribution>,
 }
 
 fn one() -> u64 {
@@ -114,6 +121,7 @@ impl FleetSettings {
             launches_per_minute: None,
             overflow_after: None,
             pool,
+            pickup: None,
         }
     }
 
@@ -212,6 +220,16 @@ impl SimSettings {
             }
             if let Some(price) = &fleet.price {
                 errors.extend(price.validate(&format!("{path}.price")));
+            }
+            if let Some(pickup) = &fleet.pickup {
+                errors.extend(pickup.validate(&format!("{path}.pickup")));
+                if fleet.pool.is_none() {
+                    errors.push((
+                        format!("{path}.pickup"),
+                        "only a pool's agents ask for work; a one-shot launch runs its own job"
+                            .into(),
+                    ));
+                }
             }
             if fleet.max_in_flight == Some(0) {
                 errors.push((

@@ -207,3 +207,44 @@ fn jobs_on_a_queue_no_fleet_serves_are_refused() {
         .unwrap_err()
         .contains("\"gpu\""));
 }
+
+#[test]
+fn a_pickup_delay_holds_jobs_for_idle_agents_but_not_for_a_booting_agent_s_first_ping() {
+    let job = |at_s: u64| JobArrival {
+        at_ms: at_s * 1000,
+        queue: "default".into(),
+        duration_ms: 10_000,
+        pipeline: None,
+        priority: 0,
+    };
+    // One warm agent from the start: the job at 100 s finds it idle and waits for its ping;
+    // the job at 101 s finds none idle, so a new agent boots (5 s) and its first ping takes
+    // the job.
+    let mut fleet = pool_fleet(
+        PolicySettings::Updraft(UpdraftSettings::default()),
+        1,
+        BackendPreset::Local,
+    );
+    fleet.boot_time = Some(DurationDistribution::Constant {
+        value: Duration::from_secs(5),
+    });
+    fleet.pickup = Some(DurationDistribution::Constant {
+        value: Duration::from_secs(2),
+    });
+    let settings = SimSettings::with_fleets(vec![fleet]);
+    let report = simulate(&settings, &[job(100), job(101)], "pickup").unwrap();
+    let interval = 10.0;
+    assert_eq!(report.wait.p50_s, 2.0, "{:?}", report.wait);
+    assert!(
+        report.wait.max_s > 5.0 && report.wait.max_s <= 5.0 + interval,
+        "the second job waited for a step and a boot, with no pickup: {:?}",
+        report.wait
+    );
+
+    let mut one_shot = FleetSettings::new("burst", BackendPreset::Local, None);
+    one_shot.pickup = Some(DurationDistribution::Constant {
+        value: Duration::from_secs(2),
+    });
+    let errors = SimSettings::with_fleets(vec![one_shot]).validate();
+    assert_eq!(errors[0].0, "fleet[0].pickup");
+}

@@ -8,8 +8,8 @@ use anyhow::Context;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use updraft_backends::local::{LocalBackend, LocalSettings};
-use updraft_backends::Backend;
+use updraft_backends::local::{LocalBackend, LocalPool, LocalSettings};
+use updraft_backends::{Backend, LeaderElection, PoolBackend};
 use updraft_config::reference::Reference;
 use updraft_config::{read, schema_for, ConfigErrors, Path};
 use updraft_scheduler::config::{
@@ -17,24 +17,59 @@ use updraft_scheduler::config::{
 };
 use updraft_scheduler::Config;
 
-/// The backend names this build accepts.
-pub const NAMES: &[&str] = &["local"];
+#[cfg_attr(feature = "kubernetes", path = "kubernetes/enabled.rs")]
+#[cfg_attr(not(feature = "kubernetes"), path = "kubernetes/disabled.rs")]
+mod kubernetes;
+
+#[cfg_attr(feature = "aws", path = "aws/enabled.rs")]
+#[cfg_attr(not(feature = "aws"), path = "aws/disabled.rs")]
+mod aws;
+
+#[cfg_attr(feature = "ec2", path = "ec2/enabled.rs")]
+#[cfg_attr(not(feature = "ec2"), path = "ec2/disabled.rs")]
+mod ec2;
+
+/// The backend names fleets may use (one compiled out of this build says so when used), and
+/// `[aws]`, the table the CodeBuild and ECS backends share: the tables backends read besides
+/// the scheduler's sections. `ec2` (pools) is both a backend and its shared table.
+const TABLES: &[&str] = &[
+    "local",
+    "kubernetes",
+    "codebuild",
+    "ecs",
+    aws::SECTION,
+    ec2::BACKEND,
+];
 
 /// A config file read whole: the scheduler's settings and every backend's.
 pub struct Loaded {
     pub config: Config,
     pub local: LocalSettings,
+    pub kubernetes: kubernetes::Settings,
+    pub aws: aws::Settings,
+    pub ec2: ec2::Settings,
 }
 
-/// Read a config file's text with the process environment's overrides; every problem, the
-/// scheduler's and the backends', comes back at once.
-pub fn load(
+/// The backends `updraft run` schedules with, and the leader election when one is set up.
+pub struct Opened {
+    pub backends: BTreeMap<String, Arc<dyn Backend>>,
+    /// Where pool fleets (`mode = "pool"`) keep their members.
+    pub pools: BTreeMap<String, Arc<dyn PoolBackend>>,
+    pub leader: Option<Arc<dyn LeaderElection>>,
+    /// The backends' own series, for the scheduler to serve on `/metrics`.
+    pub metrics: Vec<prometheus_client::registry::Registry>,
+}
+
+/// Read a config file's text with the process environment's overrides, secrets given by
+/// reference (`agent_token_from = "ssm:/…"`) looked up; every problem, the scheduler's and the
+/// backends', comes back at once.
+pub async fn load(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigErrors> {
     let env: BTreeMap<String, String> = env.into_iter().collect();
-    let (raw, mut errors) = Config::prepare(text, &env, NAMES)?;
-    let config = Config::read(&raw, &env, NAMES, &mut errors);
+    let (raw, mut errors) = Config::prepare(text, &env, TABLES)?;
+    let mut config = Config::read(&raw, &env, TABLES, &mut errors);
     let local = read::<LocalSettings>(
         &section(&raw, "local"),
         &Path::root().key("local"),
@@ -45,8 +80,22 @@ pub fn load(
             errors.push(&at, "the local backend has no per-fleet settings");
         }
     }
-    match (config, local) {
-        (Some(config), Some(local)) => errors.into_result(Loaded { config, local }),
+    let kubernetes = kubernetes::read(&raw, &mut errors);
+    let aws = aws::read(&raw, &mut errors);
+    let ec2 = ec2::read(&raw, &mut errors);
+    if let Some(config) = &mut config {
+        aws::resolve_references(config, aws.as_ref(), &mut errors).await;
+    }
+    match (config, local, kubernetes, aws, ec2) {
+        (Some(config), Some(local), Some(kubernetes), Some(aws), Some(ec2)) => {
+            errors.into_result(Loaded {
+                config,
+                local,
+                kubernetes,
+                aws,
+                ec2,
+            })
+        }
         _ => Err(errors
             .into_result(())
             .expect_err("reading failed with no error")),
@@ -60,7 +109,7 @@ fn section(raw: &Value, name: &str) -> Value {
 }
 
 /// Open every backend some fleet uses.
-pub async fn open(loaded: &Loaded) -> anyhow::Result<BTreeMap<String, Arc<dyn Backend>>> {
+pub async fn open(loaded: &Loaded) -> anyhow::Result<Opened> {
     let config = &loaded.config;
     let mut options = loaded.local.options();
     options.max_running_per_fleet = config
@@ -71,7 +120,41 @@ pub async fn open(loaded: &Loaded) -> anyhow::Result<BTreeMap<String, Arc<dyn Ba
     let local = LocalBackend::open(options)
         .await
         .with_context(|| format!("opening the local backend in {}", loaded.local.state_dir))?;
-    Ok([("local".to_string(), Arc::new(local) as Arc<dyn Backend>)].into())
+    let mut backends: BTreeMap<String, Arc<dyn Backend>> =
+        [("local".to_string(), Arc::new(local) as Arc<dyn Backend>)].into();
+    let local_pool = LocalPool::open(std::path::Path::new(&loaded.local.state_dir))
+        .with_context(|| format!("opening the local pool in {}", loaded.local.state_dir))?;
+    let mut pools: BTreeMap<String, Arc<dyn PoolBackend>> = [(
+        "local".to_string(),
+        Arc::new(local_pool) as Arc<dyn PoolBackend>,
+    )]
+    .into();
+    let mut leader = None;
+    let mut metrics = Vec::new();
+    if let Some(opened) = kubernetes::open(&loaded.kubernetes, config).await? {
+        backends.insert("kubernetes".to_string(), opened.backend);
+        pools.insert("kubernetes".to_string(), opened.pool);
+        leader = opened.leader;
+        metrics.push(opened.metrics);
+    }
+    aws::open(&loaded.aws, &mut backends).await?;
+    metrics.extend(aws::metrics(&loaded.aws));
+    ec2::open(&loaded.ec2, config, &mut pools).await?;
+    Ok(Opened {
+        backends,
+        pools,
+        leader,
+        metrics,
+    })
+}
+
+/// Push events from outside the scheduler's own receiver (`[aws.sqs_push]`), taken in until
+/// the source cannot be used; never resolves when there is none.
+pub fn push_source<'a>(
+    aws: &'a aws::Settings,
+    scheduler: &'a updraft_scheduler::SchedulerHandle,
+) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+    aws::push_source(aws, scheduler)
 }
 
 /// `docs/configuration.md`: every key of every section this build reads.
@@ -97,6 +180,9 @@ pub fn reference() -> String {
          backend (`[fleet.kubernetes]`); the backend sections below say what each takes.",
     );
     doc.section("[local]", &schema_for::<LocalSettings>());
+    kubernetes::reference(&mut doc);
+    aws::reference(&mut doc);
+    ec2::reference(&mut doc);
     doc.render()
 }
 

@@ -39,6 +39,9 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // kube (and the AWS SDK) pull in rustls with more than one crypto provider; pick one for
+    // the whole process before any client is built.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     // The demo and the benchmarks print their own progress; their logs would only be noise.
     let default_log = match cli.command {

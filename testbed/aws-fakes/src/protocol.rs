@@ -20,8 +20,9 @@ pub struct AwsError {
     /// The error shape's name, e.g. `ResourceNotFoundException`.
     pub code: String,
     pub message: String,
-    /// More members of the error body, e.g. ECS's `resourceIds` on ConflictException.
-    pub extra: serde_json::Map<String, Value>,
+    /// More members of the error body, e.g. ECS's `resourceIds` on ConflictException (boxed:
+    /// rarely set, and it would make every `Result` carrying this error large).
+    pub extra: Box<serde_json::Map<String, Value>>,
 }
 
 impl AwsError {
@@ -31,7 +32,7 @@ impl AwsError {
             status: 400,
             code: code.to_owned(),
             message: message.into(),
-            extra: serde_json::Map::new(),
+            extra: Box::default(),
         }
     }
 
@@ -50,7 +51,7 @@ impl AwsError {
 impl IntoResponse for AwsError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
-        let mut body = self.extra;
+        let mut body = *self.extra;
         body.insert("__type".into(), json!(self.code));
         body.insert("message".into(), json!(self.message));
         let body = Value::Object(body);

@@ -124,7 +124,7 @@ impl LaunchDir {
     }
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
+pub(super) fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match fs::read(path) {
         Ok(raw) => serde_json::from_slice(&raw).map(Some).map_err(|error| {
             io::Error::new(
@@ -137,7 +137,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+pub(super) fn write_json<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let raw = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     write_atomically(path, &raw)
 }

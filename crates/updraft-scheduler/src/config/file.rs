@@ -3,8 +3,8 @@
 //! a `resolve` that turns it into the settings the scheduler runs on.
 
 use super::{
-    fleet_tags, secret, BuildkiteConfig, FleetConfig, HttpConfig, LedgerConfig, LimitsConfig,
-    PushConfig, ReconcileConfig, Template,
+    fleet_tags, secret, BuildkiteConfig, FleetConfig, Given, HttpConfig, LedgerConfig,
+    LimitsConfig, PushConfig, ReconcileConfig, SecretSources, Template,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -12,9 +12,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration as StdDuration;
 use updraft_config::{Duration, Errors, Path, Settings};
-use updraft_model::PriorityOrder;
+use updraft_model::scaling::PoolSettings;
+use updraft_model::{PriorityOrder, Secret};
 
 pub const DEFAULT_ENDPOINT: &str = "https://agent.buildkite.com/v3";
+pub const DEFAULT_REST_ENDPOINT: &str = "https://api.buildkite.com/v2";
 pub const DEFAULT_AGENT_TOKEN_ENV: &str = "BUILDKITE_AGENT_TOKEN";
 pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_LEDGER_PATH: &str = "updraft-ledger.sqlite";
@@ -36,12 +38,21 @@ pub struct BuildkiteFile {
     pub endpoint: String,
     /// The cluster agent token, inline. Prefer `agent_token_env`; the default is the
     /// `BUILDKITE_AGENT_TOKEN` environment variable. It is used for the Stacks API and the
-    /// metrics endpoint only and never reaches a launch.
+    /// metrics endpoint, and pool agents (`mode = "pool"`) register with it, as the Elastic
+    /// CI Stack's agents do; it never reaches a one-shot launch, which gets a job acquisition
+    /// token for its one job.
     #[schemars(length(min = 1))]
     pub agent_token: Option<String>,
     /// The name of the environment variable holding the cluster agent token.
     #[schemars(length(min = 1))]
     pub agent_token_env: Option<String>,
+    /// Where to read the cluster agent token at start-up instead: `"ssm:/buildkite/agent-token"`
+    /// (an SSM SecureString) or `"secretsmanager:<name or ARN>"` (needs a build with AWS).
+    #[schemars(
+        pattern(r"^(ssm|secretsmanager):.+$"),
+        extend("x-expected" = "\"ssm:<parameter name>\" or \"secretsmanager:<secret name or ARN>\"")
+    )]
+    pub agent_token_from: Option<String>,
     /// One Stacks API stack is registered per served queue, keyed `<stack_key>-<queue>`.
     /// Two schedulers must not share a key.
     #[serde(default = "default_stack_key")]
@@ -65,9 +76,23 @@ pub struct BuildkiteFile {
     /// The lifetime of each job acquisition token (the one-job credential a launch gets).
     #[serde(default = "default_token_lifetime")]
     pub token_lifetime: Duration,
-    /// How often queue metrics are read for `/metrics` and `updraft plan`.
+    /// How often queue metrics are read for `/metrics` and `updraft plan` (pools read them as
+    /// often as their `interval`, never faster than Buildkite allows).
     #[serde(default = "default_metrics_interval")]
     pub metrics_interval: Duration,
+    /// The REST API base URL (the emulator's is `<emulator>/v2`).
+    #[serde(default = "default_rest_endpoint")]
+    #[schemars(pattern(r"^https?://"), extend("x-expected" = "an http:// or https:// URL"))]
+    pub rest_endpoint: String,
+    /// A REST API token with `read_agents`, inline; prefer `api_token_env`. Pools use it to
+    /// see which of their agents are busy, to stop only idle members and confirm their agents
+    /// are gone before removing them; without it they go by the metrics' counts and their
+    /// members' own exits.
+    #[schemars(length(min = 1))]
+    pub api_token: Option<String>,
+    /// The name of the environment variable holding the REST API token.
+    #[schemars(length(min = 1))]
+    pub api_token_env: Option<String>,
 }
 
 fn default_endpoint() -> String {
@@ -90,6 +115,9 @@ fn default_token_lifetime() -> Duration {
 }
 fn default_metrics_interval() -> Duration {
     Duration::from_secs(30)
+}
+fn default_rest_endpoint() -> String {
+    DEFAULT_REST_ENDPOINT.into()
 }
 
 impl Settings for BuildkiteFile {
@@ -114,31 +142,56 @@ impl BuildkiteFile {
         errors: &mut Errors,
     ) -> Option<BuildkiteConfig> {
         let token = secret(
-            self.agent_token.as_deref(),
-            self.agent_token_env.as_deref(),
-            Some(DEFAULT_AGENT_TOKEN_ENV),
+            SecretSources {
+                inline: self.agent_token.as_deref(),
+                env: self.agent_token_env.as_deref(),
+                from: self.agent_token_from.as_deref(),
+                default_env: Some(DEFAULT_AGENT_TOKEN_ENV),
+            },
             at,
             "agent_token",
             lookup,
             errors,
         )
         .ok()?;
-        let Some(agent_token) = token else {
-            errors.push(
-                &at.key("agent_token"),
-                format!("missing: set agent_token, agent_token_env, or the {DEFAULT_AGENT_TOKEN_ENV} environment variable"),
-            );
-            return None;
+        let api_token = secret(
+            SecretSources {
+                inline: self.api_token.as_deref(),
+                env: self.api_token_env.as_deref(),
+                from: None,
+                default_env: None,
+            },
+            at,
+            "api_token",
+            lookup,
+            errors,
+        );
+        let (agent_token, agent_token_from) = match token {
+            Some(Given::Value(token)) => (token, None),
+            Some(Given::Reference(from)) => (Secret::default(), Some(from)),
+            None => {
+                errors.push(
+                    &at.key("agent_token"),
+                    format!("missing: set agent_token, agent_token_env, agent_token_from, or the {DEFAULT_AGENT_TOKEN_ENV} environment variable"),
+                );
+                return None;
+            }
         };
         Some(BuildkiteConfig {
             endpoint: self.endpoint,
             agent_token,
+            agent_token_from,
             stack_key: self.stack_key,
             poll_interval: StdDuration::from_millis(self.poll_interval_ms),
             page_limit: self.page_limit,
             reservation_expiry: self.reservation_expiry.get(),
             token_lifetime: self.token_lifetime.get(),
             metrics_interval: self.metrics_interval.get(),
+            rest_endpoint: self.rest_endpoint,
+            api_token: match api_token.ok()? {
+                Some(Given::Value(token)) => Some(token),
+                _ => None,
+            },
         })
     }
 }
@@ -160,6 +213,13 @@ pub struct PushFile {
     /// The name of the environment variable holding the webhook token.
     #[schemars(length(min = 1))]
     pub webhook_token_env: Option<String>,
+    /// Where to read the webhook token at start-up instead: `"ssm:<name>"` or
+    /// `"secretsmanager:<name or ARN>"` (needs a build with AWS).
+    #[schemars(
+        pattern(r"^(ssm|secretsmanager):.+$"),
+        extend("x-expected" = "\"ssm:<parameter name>\" or \"secretsmanager:<secret name or ARN>\"")
+    )]
+    pub webhook_token_from: Option<String>,
     /// Accept EventBridge events that carry no credential (an EventBridge rule target has
     /// none). A forged event can only make Updraft try to reserve a job Buildkite really has
     /// scheduled on its queue.
@@ -181,18 +241,27 @@ impl PushFile {
             None => None,
         };
         let webhook_token = secret(
-            self.webhook_token.as_deref(),
-            self.webhook_token_env.as_deref(),
-            None,
+            SecretSources {
+                inline: self.webhook_token.as_deref(),
+                env: self.webhook_token_env.as_deref(),
+                from: self.webhook_token_from.as_deref(),
+                default_env: None,
+            },
             at,
             "webhook_token",
             lookup,
             errors,
         )
         .ok()?;
+        let (webhook_token, webhook_token_from) = match webhook_token {
+            Some(Given::Value(token)) => (Some(token), None),
+            Some(Given::Reference(from)) => (None, Some(from)),
+            None => (None, None),
+        };
         Some(PushConfig {
             listen,
             webhook_token,
+            webhook_token_from,
             allow_unsigned_eventbridge: self.allow_unsigned_eventbridge,
         })
     }
@@ -331,6 +400,10 @@ pub enum Mode {
     /// job acquisition token for it.
     #[default]
     Acquire,
+    /// A warm pool (`[fleet.pool]`): long-lived agents registered with the cluster agent
+    /// token take the fleet's jobs from Buildkite themselves; the pool's scaling policy
+    /// decides how many there are.
+    Pool,
 }
 
 /// The order a fleet takes the jobs it holds back.
@@ -389,6 +462,20 @@ pub struct FleetFile {
     /// Relaunches allowed for a job whose launch died before its agent took the job.
     #[serde(default = "default_relaunch_budget")]
     pub relaunch_budget: u32,
+    /// The warm pool of a `mode = "pool"` fleet: its bounds, step interval, scaling policy and
+    /// scheduled minimums. Its template runs `updraft agent start` (or `buildkite-agent
+    /// start`) without `--acquire-job`.
+    #[serde(default, skip_serializing)]
+    pub pool: Option<PoolSettings>,
+    /// What one launch or pool member of this fleet costs per second, in dollars (e.g.
+    /// 0.0000231 for a t3.large's $0.0832/h); each job's share shows on `/metrics` and
+    /// `/status`. Unset: time is still attributed, at no cost.
+    #[schemars(range(min = 0.0))]
+    pub price_per_second: Option<f64>,
+    /// A one-shot fleet behind a pool on the same queue: a job the pool's agents have not
+    /// taken this long after it became runnable gets its own launch here instead. The pool
+    /// fleet must come first in the file.
+    pub overflow_after: Option<Duration>,
 }
 
 fn default_backend() -> String {
@@ -407,7 +494,44 @@ fn default_relaunch_budget() -> u32 {
     1
 }
 
-impl Settings for FleetFile {}
+impl Settings for FleetFile {
+    fn validate(&self, at: &Path, errors: &mut Errors) {
+        match (self.mode, &self.pool) {
+            (Mode::Pool, None) => errors.push(
+                &at.key("pool"),
+                "missing: a mode = \"pool\" fleet needs a [fleet.pool] table (at least max)",
+            ),
+            (Mode::Acquire, Some(_)) => errors.push(
+                &at.key("pool"),
+                "only a mode = \"pool\" fleet has a pool; set mode = \"pool\" or remove the table",
+            ),
+            (Mode::Pool, Some(pool)) => {
+                for (path, message) in pool.validate(at.key("pool").as_str()) {
+                    errors.push(&Path::verbatim(&path), message);
+                }
+                if self.overflow_after.is_some() {
+                    errors.push(
+                        &at.key("overflow_after"),
+                        "only a one-shot fleet (mode = \"acquire\") takes a pool's overflow",
+                    );
+                }
+                if self
+                    .template
+                    .command
+                    .iter()
+                    .any(|arg| arg.contains("{job_id}"))
+                    && self.template.command != default_command()
+                {
+                    errors.push(
+                        &at.key("template").key("command"),
+                        "a pool agent serves many jobs: remove {job_id} and --acquire-job",
+                    );
+                }
+            }
+            (Mode::Acquire, None) => {}
+        }
+    }
+}
 
 impl FleetFile {
     pub(super) fn resolve(
@@ -429,6 +553,10 @@ impl FleetFile {
             );
             return None;
         }
+        let command = match self.mode {
+            Mode::Pool if self.template.command == default_command() => default_pool_command(),
+            _ => self.template.command,
+        };
         Some(FleetConfig {
             name: self.name,
             queue: self.queue,
@@ -436,7 +564,7 @@ impl FleetFile {
             backend: self.backend,
             backend_settings,
             template: Template {
-                command: self.template.command,
+                command,
                 env: self.template.env,
             },
             mode: self.mode,
@@ -449,6 +577,9 @@ impl FleetFile {
             pending_deadline: self.pending_deadline.get(),
             running_deadline: self.running_deadline.get(),
             relaunch_budget: self.relaunch_budget,
+            pool: self.pool,
+            price_per_second: self.price_per_second,
+            overflow_after: self.overflow_after.map(Duration::get),
         })
     }
 }
@@ -457,7 +588,9 @@ impl FleetFile {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateFile {
-    /// The program and its arguments; `{job_id}` in an argument becomes the job's uuid.
+    /// The program and its arguments; `{job_id}` in an argument becomes the job's uuid. The
+    /// default runs `updraft agent start --acquire-job {job_id}`, or `updraft agent start` in
+    /// a pool.
     #[serde(default = "default_command")]
     pub command: Vec<String>,
     /// Environment variables for the launch (never put a secret here: it is plain config).
@@ -478,4 +611,8 @@ fn default_command() -> Vec<String> {
     ["updraft", "agent", "start", "--acquire-job", "{job_id}"]
         .map(String::from)
         .to_vec()
+}
+
+fn default_pool_command() -> Vec<String> {
+    ["updraft", "agent", "start"].map(String::from).to_vec()
 }

@@ -49,7 +49,7 @@ fn every_error_is_reported_with_its_path() {
         "bogus: unknown section; known: buildkite, push, http, ledger, limits, reconcile, local, [[fleet]]",
         "buildkite.poll_interval_ms: expected at least 1000 (the Stacks API asks for ≥ 1 s between polls), got the integer 200",
         "fleet[1].max_in_flight: expected at least 1, got the integer 0",
-        "fleet[1].mode: expected \"acquire\", got the string \"relay\"",
+        "fleet[1].mode: expected \"acquire\" or \"pool\", got the string \"relay\"",
         "fleet[1].colour: unknown key",
         "fleet[1].tags[0]: \"gpu\" is not a key=value pair (expected e.g. \"queue=linux\")",
     ] {
@@ -108,7 +108,7 @@ fn ten_different_mistakes_are_all_listed_with_their_paths() {
         "buildkite.endpoint: expected an http:// or https:// URL, got the string \"agent.buildkite.com\"",
         "buildkite.page_limit: expected at most 1000, got the integer 5000",
         "buildkite.reservation_expiry: expected at most 1h (the Stacks API maximum), got 2h",
-        "buildkite.agent_token: missing: set agent_token, agent_token_env, or the BUILDKITE_AGENT_TOKEN environment variable",
+        "buildkite.agent_token: missing: set agent_token, agent_token_env, agent_token_from, or the BUILDKITE_AGENT_TOKEN environment variable",
         "http.listen: expected an address like \"127.0.0.1:7070\", got \"everywhere\"",
         "ledger.retention: expected at least 1h (closed jobs stay readable at least that long), got 10m",
         "fleet[0].name: missing; it is required",
@@ -189,13 +189,29 @@ fn secrets_come_inline_or_from_a_named_variable_never_both() {
         unset,
         vec!["buildkite.agent_token_env: environment variable MY_TOKEN is not set or empty"]
     );
+    let reference = MINIMAL.replace(
+        "agent_token = \"bkct_test\"",
+        "agent_token_from = \"ssm:/buildkite/agent-token\"",
+    );
+    let config = Config::parse(&reference).unwrap();
+    assert_eq!(
+        config.buildkite.agent_token_from.as_deref(),
+        Some("ssm:/buildkite/agent-token")
+    );
+    assert!(config.buildkite.agent_token.is_empty());
+    let bad = MINIMAL.replace(
+        "agent_token = \"bkct_test\"",
+        "agent_token_from = \"vault:x\"",
+    );
+    assert!(lines(&Config::parse(&bad).unwrap_err())[0]
+        .starts_with("buildkite.agent_token_from: expected \"ssm:<parameter name>\""));
     let both = MINIMAL.replace(
         "agent_token = \"bkct_test\"",
         "agent_token = \"a\"\nagent_token_env = \"B\"",
     );
     assert_eq!(
         lines(&Config::parse(&both).unwrap_err()),
-        vec!["buildkite.agent_token: set either agent_token or agent_token_env, not both"]
+        vec!["buildkite.agent_token: set only one of agent_token, agent_token_env"]
     );
 }
 

@@ -101,6 +101,17 @@ pub struct LaunchRow {
     pub outcome: Option<String>,
 }
 
+/// A launch that ended, with what its job was (for charging its time to the job).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndedLaunch {
+    pub job_id: Uuid,
+    pub fleet: String,
+    pub queue: String,
+    pub pipeline: Option<String>,
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+}
+
 /// Rows one `prune_closed` removed, by table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Pruned {

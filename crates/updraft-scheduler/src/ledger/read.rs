@@ -1,7 +1,8 @@
-//! Reading the ledger: the open jobs the reconciler works on, one job, and the recent
-//! launches the status page shows.
+//! Reading the ledger: the open jobs the reconciler works on, one job, the recent launches
+//! the status page shows, and the launches that ended lately (for per-job cost).
 
-use super::{LaunchRow, Ledger, LedgerError, LedgerJob, Stage};
+use super::{EndedLaunch, LaunchRow, Ledger, LedgerError, LedgerJob, Stage};
+use updraft_backends::JobContext;
 use uuid::Uuid;
 
 /// The columns `row_job` reads, in order.
@@ -80,6 +81,39 @@ impl Ledger {
             rows.collect()
         };
         read().map_err(|e| self.fail("reading launches", e))
+    }
+
+    /// Launches that ended in `(from_ms, to_ms]`, with their job's queue and pipeline, for
+    /// charging their time to the job.
+    pub fn launches_ended_between(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<EndedLaunch>, LedgerError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        let read = || -> rusqlite::Result<Vec<EndedLaunch>> {
+            let mut statement = conn.prepare_cached(
+                "SELECT l.job_id, l.fleet, l.started_at_ms, l.ended_at_ms, j.queue, j.context
+                 FROM launches l JOIN jobs j ON j.id = l.job_id
+                 WHERE l.ended_at_ms > ?1 AND l.ended_at_ms <= ?2",
+            )?;
+            let rows = statement.query_map([from_ms, to_ms], |row| {
+                let job: String = row.get(0)?;
+                let context: Option<String> = row.get(5)?;
+                Ok(EndedLaunch {
+                    job_id: job.parse().unwrap_or_default(),
+                    fleet: row.get(1)?,
+                    started_at_ms: row.get(2)?,
+                    ended_at_ms: row.get(3)?,
+                    queue: row.get(4)?,
+                    pipeline: context
+                        .and_then(|text| serde_json::from_str::<JobContext>(&text).ok())
+                        .and_then(|c| c.pipeline_slug),
+                })
+            })?;
+            rows.collect()
+        };
+        read().map_err(|e| self.fail("reading ended launches", e))
     }
 
     /// How many launches were ever recorded for `job` (a test and operator check).

@@ -159,7 +159,8 @@ impl Run {
             buildkite: Arc::new(SimBuildkite(self.world.clone())),
             ledger: self.ledger.clone(),
             backends: [("sim".to_string(), self.backend.clone())].into(),
-            fleet_backends: vec![self.backend.clone()],
+            fleet_backends: vec![Some(self.backend.clone())],
+            pool_backends: vec![None],
             ledger_inline: true,
         });
         let core = Arc::new(core);

@@ -2,7 +2,7 @@
 //! bookkeeping of agent- and instance-time and cost, and for a pool the order in which
 //! idle agents take jobs and idle instances are stopped.
 
-use crate::backend::BackendModel;
+use crate::backend::{BackendModel, DurationDistribution};
 use std::cmp::Reverse;
 use std::collections::BTreeSet;
 use updraft_model::scaling::ScalingPolicy;
@@ -45,6 +45,8 @@ pub(super) struct Pool {
     /// A moving average of the pool's own boot times, ms.
     pub boot_estimate_ms: f64,
     pub running_jobs: u32,
+    /// How long a waiting job takes to reach an idle agent (its next ping).
+    pub pickup: Option<DurationDistribution>,
 }
 
 pub(super) enum FleetKind {

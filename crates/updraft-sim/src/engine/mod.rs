@@ -130,6 +130,7 @@ impl<'a> Engine<'a> {
                         wholly_idle: BTreeSet::new(),
                         boot_estimate_ms: model.boot_time.median_ms() as f64,
                         running_jobs: 0,
+                        pickup: f.pickup.clone(),
                     }))
                 }
                 None => {
@@ -311,7 +312,7 @@ impl<'a> Engine<'a> {
         let one_shot = q.one_shot;
         for i in 0..self.queues[queue].pools.len() {
             let fleet = self.queues[queue].pools[i];
-            self.dispatch(fleet);
+            self.dispatch(fleet, false);
         }
         if self.state[job as usize] == JobState::Waiting {
             if let Some((_, after)) = one_shot {
@@ -342,8 +343,9 @@ impl<'a> Engine<'a> {
         self.admit();
     }
 
-    /// Idle agents of a pool take waiting jobs of its queue.
-    fn dispatch(&mut self, fleet: usize) {
+    /// Idle agents of a pool take waiting jobs of its queue: at once (`at_boot`: a booting
+    /// agent's first ping), or after the pool's pickup delay (an idle agent's next ping).
+    fn dispatch(&mut self, fleet: usize, at_boot: bool) {
         let queue = self.fleets[fleet].queue;
         loop {
             let Some(pool) = self.fleets[fleet].pool() else {
@@ -363,16 +365,23 @@ impl<'a> Engine<'a> {
                 }
             };
             q.scheduled -= 1;
-            self.start(fleet, slot, job);
+            let delay = match (&pool.pickup, at_boot) {
+                (Some(pickup), false) => pickup.sample_ms(&mut self.rng),
+                _ => 0,
+            };
+            self.start(fleet, slot, job, delay);
         }
     }
 
-    fn start(&mut self, fleet: usize, slot: u32, job: u32) {
+    /// The agent in `slot` takes `job` now; the job starts `delay` ms later (the agent's
+    /// ping), and the agent counts as busy from now.
+    fn start(&mut self, fleet: usize, slot: u32, job: u32, delay: i64) {
         let arrival = &self.jobs[job as usize];
         self.state[job as usize] = JobState::Running;
-        self.waits_ms.push((self.now - arrival.at_ms as i64) as u64);
+        self.waits_ms
+            .push((self.now + delay - arrival.at_ms as i64) as u64);
         self.fleets[fleet].start_job(self.now, slot);
-        let done = self.now + arrival.duration_ms as i64;
+        let done = self.now + delay + arrival.duration_ms as i64;
         self.at(
             done,
             Event::JobDone {
@@ -390,12 +399,12 @@ impl<'a> Engine<'a> {
         }
         self.fleets[fleet].boot_done(self.now, slot);
         match self.fleets[fleet].pool() {
-            Some(_) => self.dispatch(fleet),
+            Some(_) => self.dispatch(fleet, true),
             None => {
                 let job = self.fleets[fleet].instances[slot as usize]
                     .job
                     .expect("a one-shot job");
-                self.start(fleet, slot, job);
+                self.start(fleet, slot, job, 0);
             }
         }
     }
@@ -405,7 +414,7 @@ impl<'a> Engine<'a> {
         self.done += 1;
         self.fleets[fleet].finish_job(self.now, slot);
         match self.fleets[fleet].pool() {
-            Some(_) => self.dispatch(fleet),
+            Some(_) => self.dispatch(fleet, false),
             None => {
                 self.fleets[fleet].stop(self.now, slot);
                 self.limiter.release(fleet);

@@ -83,6 +83,65 @@ struct StartArgs {
     /// Keep each job's directory after the job instead of removing it.
     #[arg(long)]
     keep_build_dirs: bool,
+    #[command(flatten)]
+    secrets: SecretsArgs,
+}
+
+/// The Elastic CI Stack's S3 secrets (its secrets plugin's variables): each job gets the
+/// bucket's `env`, SSH key, git credentials and `secret-files/*` for its pipeline.
+#[derive(clap::Args)]
+struct SecretsArgs {
+    /// The S3 bucket holding the secrets.
+    #[arg(long = "secrets-bucket", env = "BUILDKITE_PLUGIN_S3_SECRETS_BUCKET")]
+    bucket: Option<String>,
+    /// The key prefix of the pipeline's secrets (default: the pipeline slug).
+    #[arg(
+        long = "secrets-prefix",
+        env = "BUILDKITE_PLUGIN_S3_SECRETS_BUCKET_PREFIX"
+    )]
+    prefix: Option<String>,
+    /// The bucket's region (default: the AWS SDK's).
+    #[arg(long = "secrets-region", env = "BUILDKITE_PLUGIN_S3_SECRETS_REGION")]
+    region: Option<String>,
+    /// Accept objects that are not encrypted with KMS.
+    #[arg(
+        long = "secrets-allow-unencrypted",
+        env = "BUILDKITE_PLUGIN_S3_SECRETS_ALLOW_UNENCRYPTED"
+    )]
+    allow_unencrypted: bool,
+}
+
+/// The S3 secrets hook, when a bucket is given.
+#[cfg(feature = "aws")]
+async fn secrets_provider(
+    args: &SecretsArgs,
+) -> Result<Option<std::sync::Arc<dyn updraft_agent::EnvironmentProvider>>, String> {
+    let Some(bucket) = args.bucket.as_deref().filter(|b| !b.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let settings = updraft_aws::settings::AwsSettings {
+        region: args.region.clone(),
+        ..Default::default()
+    };
+    let clients = updraft_aws::AwsClients::load(&settings).await;
+    Ok(Some(std::sync::Arc::new(
+        updraft_aws::s3_secrets::S3Secrets::new(
+            clients.s3(),
+            bucket,
+            args.prefix.clone(),
+            args.allow_unencrypted,
+        ),
+    )))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn secrets_provider(
+    args: &SecretsArgs,
+) -> Result<Option<std::sync::Arc<dyn updraft_agent::EnvironmentProvider>>, String> {
+    match args.bucket.as_deref().filter(|b| !b.trim().is_empty()) {
+        Some(_) => Err("--secrets-bucket: S3 secrets are not in this build (build updraft with the aws feature)".into()),
+        None => Ok(None),
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -145,8 +204,15 @@ fn config_from(args: &StartArgs) -> Result<AgentConfig, String> {
 }
 
 async fn start_agent(args: StartArgs) -> ExitCode {
-    let config = match config_from(&args) {
+    let mut config = match config_from(&args) {
         Ok(config) => config,
+        Err(message) => {
+            eprintln!("updraft agent: {message}");
+            return ExitCode::from(1);
+        }
+    };
+    config.environment = match secrets_provider(&args.secrets).await {
+        Ok(provider) => provider,
         Err(message) => {
             eprintln!("updraft agent: {message}");
             return ExitCode::from(1);

@@ -39,10 +39,10 @@ pub struct PlanArgs {
 }
 
 /// Read and check the whole file: the scheduler's sections and every backend's tables.
-fn load(path: &Path) -> anyhow::Result<Result<Loaded, ConfigErrors>> {
+async fn load(path: &Path) -> anyhow::Result<Result<Loaded, ConfigErrors>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config file {}", path.display()))?;
-    Ok(backends::load(&text, std::env::vars()))
+    Ok(backends::load(&text, std::env::vars()).await)
 }
 
 fn report_errors(path: &Path, errors: &ConfigErrors) -> ExitCode {
@@ -60,12 +60,17 @@ async fn terminate_signal() -> anyhow::Result<&'static str> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let loaded = match load(&args.config)? {
+    let loaded = match load(&args.config).await? {
         Ok(loaded) => loaded,
         Err(errors) => return Ok(report_errors(&args.config, &errors)),
     };
-    let backends = backends::open(&loaded).await?;
-    let scheduler = Scheduler::start(loaded.config, backends).await?;
+    let opened = backends::open(&loaded).await?;
+    let scheduler =
+        Scheduler::start_with_pools(loaded.config, opened.backends, opened.pools, opened.leader)
+            .await?;
+    for registry in opened.metrics {
+        scheduler.serve_metrics(registry);
+    }
     println!(
         "updraft: scheduler running; status page http://{}/status",
         scheduler.http_addr()
@@ -77,6 +82,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         reason = scheduler.stopped() => {
             tracing::error!("scheduler stopped: {reason}");
         }
+        result = backends::push_source(&loaded.aws, &scheduler) => {
+            tracing::error!("stopping: {:#}", result.err().unwrap_or_else(|| anyhow::anyhow!("the push source ended")));
+        }
     }
     scheduler.shutdown().await?;
     Ok(ExitCode::SUCCESS)
@@ -87,7 +95,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         print!("{}", backends::reference());
         return Ok(ExitCode::SUCCESS);
     };
-    let config = match load(&path)? {
+    let config = match load(&path).await? {
         Ok(loaded) => loaded.config,
         Err(errors) => return Ok(report_errors(&path, &errors)),
     };
@@ -112,7 +120,7 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn plan(args: PlanArgs) -> anyhow::Result<ExitCode> {
-    let config = match load(&args.config)? {
+    let config = match load(&args.config).await? {
         Ok(loaded) => loaded.config,
         Err(errors) => return Ok(report_errors(&args.config, &errors)),
     };

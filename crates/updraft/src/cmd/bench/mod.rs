@@ -4,8 +4,12 @@
 
 mod chaos;
 mod emulator;
+#[cfg(feature = "kubernetes")]
+mod kubernetes;
 mod logs;
 mod pickup;
+#[cfg(feature = "aws")]
+mod relay;
 mod sim;
 
 use std::path::PathBuf;
@@ -26,6 +30,12 @@ enum Bench {
     Emulator(emulator::Args),
     /// Log throughput through `updraft agent` into the emulator, in MB/s.
     Logs(logs::Args),
+    /// The Kubernetes backend: push pickup to Job created, a 10 000-job burst, peak RSS.
+    #[cfg(feature = "kubernetes")]
+    Kubernetes(kubernetes::Args),
+    /// Relay mode's log throughput from CloudWatch Logs (moto) into Buildkite, in MB/s.
+    #[cfg(feature = "aws")]
+    Relay(relay::Args),
     /// Pickup latency from job scheduled to launch, push vs pull.
     Pickup(pickup::PickupArgs),
     /// A burst of jobs with a no-op launch: time to launch all, CPU, peak RSS.
@@ -75,6 +85,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Bench::Chaos(args) => chaos::run(args).await,
         Bench::Emulator(args) => emulator::run(args).await,
         Bench::Logs(args) => logs::run(args).await,
+        #[cfg(feature = "kubernetes")]
+        Bench::Kubernetes(args) => kubernetes::run(args).await,
+        #[cfg(feature = "aws")]
+        Bench::Relay(args) => relay::run(args).await,
         Bench::Pickup(args) => pickup::pickup(args).await,
         Bench::Burst(args) => pickup::burst(args).await,
         Bench::Sim(args) => sim::run(args).await,

@@ -4,9 +4,9 @@
 //! own: pickup latency from "job scheduled" to "launch called", push vs pull, and a 10 000-job
 //! burst (time to launch all, CPU time, peak RSS of this process).
 
-mod emulator_process;
+pub(super) mod emulator_process;
 mod noop;
-mod usage;
+pub(super) mod usage;
 
 use crate::cmd::demo::setup::{toml_string, StateDir};
 use anyhow::Context;
@@ -279,35 +279,8 @@ impl Bench {
         })
     }
 
-    /// Create a build. The answer (the whole build, 10 000 jobs for the burst) is not read:
-    /// parsing it would count against this process's memory, which should be the scheduler's.
     async fn create_build(&self) -> anyhow::Result<()> {
-        let build = CreateBuild {
-            commit: "HEAD".to_string(),
-            branch: "main".to_string(),
-            ..Default::default()
-        };
-        let path = format!(
-            "v2/organizations/{}/pipelines/{}/builds",
-            self.emulator.org, self.pipeline
-        );
-        let request = self
-            .rest
-            .api()
-            .request(reqwest::Method::POST, &path)
-            .json(&build);
-        let response = self
-            .rest
-            .api()
-            .send_once(request)
-            .await
-            .context("creating a benchmark build")?;
-        anyhow::ensure!(
-            response.status().is_success(),
-            "creating a benchmark build: {}",
-            response.status()
-        );
-        Ok(())
+        create_build(&self.rest, &self.emulator.org, &self.pipeline).await
     }
 
     /// Create one single-job build and wait until its launch was called.
@@ -326,4 +299,35 @@ impl Bench {
         }
         self.emulator.stop().await;
     }
+}
+
+/// Create a build on `pipeline` without reading the answer: the answer is the whole build
+/// (10 000 jobs for a burst), and parsing it would count against this process's memory,
+/// which should be the scheduler's.
+pub(super) async fn create_build(
+    rest: &RestClient,
+    org: &str,
+    pipeline: &str,
+) -> anyhow::Result<()> {
+    let build = CreateBuild {
+        commit: "HEAD".to_string(),
+        branch: "main".to_string(),
+        ..Default::default()
+    };
+    let path = format!("v2/organizations/{org}/pipelines/{pipeline}/builds");
+    let request = rest
+        .api()
+        .request(reqwest::Method::POST, &path)
+        .json(&build);
+    let response = rest
+        .api()
+        .send_once(request)
+        .await
+        .context("creating a benchmark build")?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "creating a benchmark build: {}",
+        response.status()
+    );
+    Ok(())
 }

@@ -304,4 +304,24 @@ mod tests {
         telemetry.record_queue_metrics(&empty);
         assert!(!telemetry.encode().contains("queue=\"linux\""));
     }
+
+    #[test]
+    fn a_backend_registry_is_served_after_the_schedulers_with_one_eof() {
+        let telemetry = Telemetry::new();
+        let mut registry = Registry::default();
+        let requests = Counter::<u64>::default();
+        registry
+            .sub_registry_with_prefix("updraft_kubernetes")
+            .register("api_requests", "API requests", requests.clone());
+        requests.inc_by(3);
+        telemetry.add_registry(registry);
+        let text = telemetry.encode();
+        assert!(
+            text.contains("updraft_kubernetes_api_requests_total 3"),
+            "{text}"
+        );
+        assert!(text.contains("updraft_reconcile_passes"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
 }

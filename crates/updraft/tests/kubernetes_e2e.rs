@@ -8,8 +8,10 @@
 //! The scenarios run one at a time: they share two cores with many agent processes.
 
 mod kubernetes_support;
+mod scheduler_process;
 
 use kubernetes_support::*;
+use scheduler_process::SchedulerProcess;
 use std::time::{Duration, Instant};
 use updraft_emulator::JobState;
 use updraft_kube_fake::Resource;

@@ -5,9 +5,11 @@
 //! without launching any again.
 
 mod kubernetes_support;
+mod scheduler_process;
 
 use kubernetes_support::*;
 use nix::sys::signal::Signal;
+use scheduler_process::SchedulerProcess;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use updraft_emulator::JobState;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use updraft_backends::PoolBackend;
 use updraft_buildkite::rest::RestClient;
 use updraft_buildkite::ClientOptions;
+use updraft_scheduler::stats::quantile;
 use updraft_sim::workload::JobArrival;
 use updraft_sim::{simulate, SimSettings};
 use uuid::Uuid;
@@ -58,17 +59,12 @@ fn trace() -> Vec<JobArrival> {
     jobs
 }
 
-/// The value at quantile `q` (nearest rank), as the simulator reports it.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
 fn lognormal_fit(boots: &[Duration]) -> String {
-    let mut ms: Vec<f64> = boots.iter().map(|b| b.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let median = quantile(&ms, 0.5).max(1.0);
-    let p95 = quantile(&ms, 0.95).max(median);
+    // Nearest rank, as the simulator reports its quantiles.
+    let mut boots = boots.to_vec();
+    let mut ms = |q| quantile(&mut boots, q).map_or(0.0, |b| b.as_secs_f64() * 1000.0);
+    let median = ms(0.5).max(1.0);
+    let p95 = ms(0.95).max(median);
     format!(
         "{{ kind = \"lognormal\", median = \"{}ms\", p95 = \"{}ms\" }}",
         median.round(),
@@ -137,16 +133,17 @@ async fn a_trace_through_a_local_pool_agrees_with_updraft_sim() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     world.assert_each_passed_untouched(&created_jobs);
-    let mut waits: Vec<f64> = created_jobs
+    let mut waits: Vec<Duration> = created_jobs
         .iter()
         .map(|j| {
             let scheduled = world.entered_ms(*j, "scheduled").expect("scheduled");
             let assigned = world.entered_ms(*j, "assigned").expect("assigned");
-            (assigned - scheduled) as f64 / 1000.0
+            Duration::from_millis(
+                u64::try_from(assigned - scheduled).expect("assigned after scheduled"),
+            )
         })
         .collect();
-    waits.sort_by(f64::total_cmp);
-    let real_p95 = quantile(&waits, 0.95);
+    let real_p95 = quantile(&mut waits, 0.95).expect("waits").as_secs_f64();
     let boots = scheduler.pools().remove(0).boots;
     scheduler.shutdown().await.expect("clean shutdown");
 

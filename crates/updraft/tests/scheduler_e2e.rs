@@ -7,6 +7,9 @@
 //!
 //! The scenarios run one at a time (they share two cores with many agent processes).
 
+mod scheduler_process;
+
+use scheduler_process::SchedulerProcess;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -496,70 +499,15 @@ fn the_sample_fleet_config_checks_out() {
     );
 }
 
-/// `updraft run --config FILE` as a child process, its stderr appended to a log file.
-struct SchedulerProcess {
-    child: tokio::process::Child,
-}
-
-impl SchedulerProcess {
-    const READY_PREFIX: &str = "updraft: scheduler running; status page http://";
-
-    /// Start it and point the emulator's push events at it once it says where it listens.
-    async fn start(
-        world: &World,
-        config: &std::path::Path,
-        log: &std::path::Path,
-    ) -> SchedulerProcess {
-        use tokio::io::AsyncBufReadExt;
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("scheduler log");
-        let mut child = tokio::process::Command::new(UPDRAFT)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("UPDRAFT_LOG", "info")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn updraft run");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(rest) = line.strip_prefix(Self::READY_PREFIX) {
-                    return rest
-                        .trim_end_matches("/status")
-                        .parse::<std::net::SocketAddr>()
-                        .ok();
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some(addr)) = ready else {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("`updraft run` did not report its address; its log:\n{log}");
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        world.push_to(addr);
-        SchedulerProcess { child }
-    }
-
-    async fn kill(mut self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.id().expect("scheduler pid") as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .expect("signal the scheduler");
-        let status = self.child.wait().await.expect("wait for the scheduler");
-        assert!(
-            signal == nix::sys::signal::Signal::SIGKILL || status.success(),
-            "`updraft run` ended with {status}"
-        );
-    }
+/// `updraft run` with the emulator's push events pointed at it.
+async fn spawn_scheduler(
+    world: &World,
+    config: &std::path::Path,
+    log: &std::path::Path,
+) -> SchedulerProcess {
+    let scheduler = SchedulerProcess::start(config, log, &[]).await;
+    world.push_to(scheduler.addr);
+    scheduler
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,7 +519,7 @@ async fn a_scheduler_sigkilled_five_times_during_a_300_job_run_loses_nothing_and
     let config = world.state.path().join("updraft.toml");
     std::fs::write(&config, world.config_text("127.0.0.1:0")).expect("config file");
     let log = world.state.path().join("scheduler.log");
-    let mut scheduler = SchedulerProcess::start(&world, &config, &log).await;
+    let mut scheduler = spawn_scheduler(&world, &config, &log).await;
 
     let (_, build) = world.build(100, PRINT_FLEET);
     // Five random moments of the run, as numbers of jobs finished; the kill happens as the
@@ -600,7 +548,7 @@ async fn a_scheduler_sigkilled_five_times_during_a_300_job_run_loses_nothing_and
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         scheduler.kill(Signal::SIGKILL).await;
-        scheduler = SchedulerProcess::start(&world, &config, &log).await;
+        scheduler = spawn_scheduler(&world, &config, &log).await;
     }
 
     world.wait_until_final(&build).await;

@@ -6,7 +6,7 @@
 //! with the reason in the build; no job acquisition token (or any other Buildkite token)
 //! appears in plaintext in any request CodeBuild received.
 
-use crate::support::{AwsWorld, SchedulerProcess, SERIAL};
+use crate::support::{start_scheduler, AwsWorld, SERIAL};
 use nix::sys::signal::Signal;
 use std::time::Instant;
 use updraft_emulator::JobState;
@@ -31,7 +31,7 @@ async fn a_hundred_jobs_each_acquired_once_with_overrides_applied_and_refused() 
     let config = world.config(&fleets, "");
     let log = world.path("scheduler.log");
     let began = Instant::now();
-    let scheduler = SchedulerProcess::start(&config, &log).await;
+    let scheduler = start_scheduler(&config, &log).await;
 
     let jobs = world.build(
         "acquire",

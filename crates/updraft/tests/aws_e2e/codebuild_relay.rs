@@ -5,7 +5,7 @@
 //! times mid-stream, with no byte repeated; the command's exit status 3 ends the job failed
 //! with 3; a cancel stops the build and the job reads canceled within 2 s.
 
-use crate::support::{AwsWorld, SchedulerProcess, SERIAL};
+use crate::support::{start_scheduler, AwsWorld, SERIAL};
 use nix::sys::signal::Signal;
 use std::time::{Duration, Instant};
 use updraft_emulator::JobState;
@@ -44,7 +44,7 @@ async fn a_20_mb_log_survives_three_sigkills_byte_for_byte_and_exit_status_3_fai
     let config = world.config(&fleets(&world), "");
     let log = world.path("scheduler.log");
     let began = Instant::now();
-    let mut scheduler = SchedulerProcess::start(&config, &log).await;
+    let mut scheduler = start_scheduler(&config, &log).await;
     let jobs = world.build(
         "relay",
         "relay",
@@ -64,7 +64,7 @@ async fn a_20_mb_log_survives_three_sigkills_byte_for_byte_and_exit_status_3_fai
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         scheduler.kill(Signal::SIGKILL).await;
-        scheduler = SchedulerProcess::start(&config, &log).await;
+        scheduler = start_scheduler(&config, &log).await;
     }
     world.wait_until_final(&jobs, &log).await;
     let took = began.elapsed();
@@ -117,7 +117,7 @@ async fn cancel_stops_the_build_and_the_job_reads_canceled_within_two_seconds() 
     world.create_project("jobs").await;
     let config = world.config(&fleets(&world), "");
     let log = world.path("scheduler.log");
-    let scheduler = SchedulerProcess::start(&config, &log).await;
+    let scheduler = start_scheduler(&config, &log).await;
     let jobs = world.build("cancel", "relay", &[("echo started; sleep 120", &[], 1)]);
     let give_up = Instant::now() + crate::support::PATIENCE;
     while !world

@@ -4,7 +4,7 @@
 //! A task that stops with a reason before its agent could run fails its job with that reason
 //! shown in the build.
 
-use crate::support::{AwsWorld, SchedulerProcess, SERIAL};
+use crate::support::{start_scheduler, AwsWorld, SERIAL};
 use nix::sys::signal::Signal;
 use std::time::Instant;
 use updraft_aws_fakes::StartFault;
@@ -30,7 +30,7 @@ async fn a_hundred_fargate_jobs_run_once_each_and_a_task_stopped_with_a_reason_s
         .inject_start_fault(StartFault::FailToStart(reason.into()));
     let unlucky = world.build("unlucky", "ecs-unlucky", &[("echo never", &[], 1)]);
     let began = Instant::now();
-    let scheduler = SchedulerProcess::start(&config, &log).await;
+    let scheduler = start_scheduler(&config, &log).await;
     world.wait_until_final(&unlucky, &log).await;
 
     let jobs = world.build(

@@ -6,6 +6,8 @@
 mod codebuild_acquire;
 mod codebuild_relay;
 mod ecs;
+#[path = "../scheduler_process/mod.rs"]
+mod scheduler_process;
 mod secrets;
 mod sqs_push;
 mod support;

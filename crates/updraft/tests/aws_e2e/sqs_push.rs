@@ -6,7 +6,7 @@
 //! launched (acquired) once and the queue ends empty. The scheduler reads its agent token
 //! from SSM and its webhook token from Secrets Manager (`*_token_from`).
 
-use crate::support::{quote, AwsWorld, SchedulerProcess, SERIAL, UPDRAFT};
+use crate::support::{quote, start_scheduler, AwsWorld, SERIAL, UPDRAFT};
 use axum::body::Bytes;
 use axum::extract::State;
 use nix::sys::signal::Signal;
@@ -142,7 +142,7 @@ async fn every_job_pushed_through_sqs_with_duplicates_and_redeliveries_is_launch
     );
     std::fs::write(&config, text).unwrap();
     let log = world.path("scheduler.log");
-    let mut scheduler = SchedulerProcess::start(&config, &log).await;
+    let mut scheduler = start_scheduler(&config, &log).await;
 
     let began = Instant::now();
     let jobs = world.build("pushed", "pushed", &[("sleep 0.2; echo pushed", &[], 60)]);
@@ -166,7 +166,7 @@ async fn every_job_pushed_through_sqs_with_duplicates_and_redeliveries_is_launch
     }
     scheduler.kill(Signal::SIGKILL).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    scheduler = SchedulerProcess::start(&config, &log).await;
+    scheduler = start_scheduler(&config, &log).await;
     world.wait_until_final(&jobs, &log).await;
     let took = began.elapsed();
 

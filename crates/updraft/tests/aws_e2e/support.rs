@@ -10,6 +10,8 @@ use updraft_aws_fakes::{sdk_config, AwsTestBed, CodeBuildSettings, EcsSettings, 
 use updraft_emulator::{EmulatorConfig, EmulatorHandle, JobState};
 use uuid::Uuid;
 
+pub use crate::scheduler_process::SchedulerProcess;
+
 pub const UPDRAFT: &str = env!("CARGO_BIN_EXE_updraft");
 /// Upper bound for a whole run to settle; tests end as soon as it does.
 pub const PATIENCE: Duration = Duration::from_secs(120);
@@ -198,65 +200,9 @@ impl AwsWorld {
     }
 }
 
-/// `updraft run --config FILE` as a child process, its stderr appended to a log file.
-pub struct SchedulerProcess {
-    child: tokio::process::Child,
-}
-
-impl SchedulerProcess {
-    const READY_PREFIX: &str = "updraft: scheduler running; status page http://";
-
-    pub async fn start(config: &Path, log: &Path) -> SchedulerProcess {
-        use tokio::io::AsyncBufReadExt;
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("scheduler log");
-        let mut child = tokio::process::Command::new(UPDRAFT)
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("UPDRAFT_LOG", "info")
-            .envs(AWS_ENV)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn updraft run");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(rest) = line.strip_prefix(Self::READY_PREFIX) {
-                    return rest
-                        .trim_end_matches("/status")
-                        .parse::<std::net::SocketAddr>()
-                        .ok();
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some(_)) = ready else {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("`updraft run` did not report its address; its log:\n{log}");
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        SchedulerProcess { child }
-    }
-
-    pub async fn kill(mut self, signal: nix::sys::signal::Signal) {
-        let pid = self.child.id().expect("scheduler pid") as i32;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
-            .expect("signal the scheduler");
-        let status = self.child.wait().await.expect("wait for the scheduler");
-        assert!(
-            signal == nix::sys::signal::Signal::SIGKILL || status.success(),
-            "`updraft run` ended with {status}"
-        );
-    }
+/// `updraft run` with the AWS test credentials in its environment.
+pub async fn start_scheduler(config: &Path, log: &Path) -> SchedulerProcess {
+    SchedulerProcess::start(config, log, &AWS_ENV).await
 }
 
 /// The ECS cluster and log group of the ECS tests.

@@ -8,10 +8,9 @@
 
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncBufReadExt;
 use updraft_emulator::{
     BuildRef, EmulatorConfig, EmulatorHandle, JobState, PushTargets, WebhookAuth, WebhookTarget,
 };
@@ -235,66 +234,5 @@ impl World {
             .iter()
             .filter(|p| p.container == "agent" && p.pod.starts_with(&prefix))
             .count()
-    }
-}
-
-/// `updraft run --config FILE` as a child process, its stderr appended to a log file.
-pub struct SchedulerProcess {
-    child: tokio::process::Child,
-    pub addr: std::net::SocketAddr,
-}
-
-impl SchedulerProcess {
-    const READY_PREFIX: &str = "updraft: scheduler running; status page http://";
-
-    /// Start it with `env` added; returns once it says where it listens.
-    pub async fn start(config: &Path, log: &Path, env: &[(&str, &str)]) -> SchedulerProcess {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("scheduler log");
-        let mut command = tokio::process::Command::new(UPDRAFT);
-        command
-            .arg("run")
-            .arg("--config")
-            .arg(config)
-            .env("UPDRAFT_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        let mut child = command.spawn().expect("spawn updraft run");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let ready = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if let Some(rest) = line.strip_prefix(Self::READY_PREFIX) {
-                    return rest
-                        .trim_end_matches("/status")
-                        .parse::<std::net::SocketAddr>()
-                        .ok();
-                }
-            }
-            None
-        })
-        .await;
-        let Ok(Some(addr)) = ready else {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("`updraft run` did not report its address; its log:\n{log}");
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        SchedulerProcess { child, addr }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id().expect("scheduler pid") as i32
-    }
-
-    pub async fn kill(mut self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
-            .expect("signal the scheduler");
-        let _ = self.child.wait().await;
     }
 }

@@ -12,6 +12,10 @@ use serde::de::DeserializeOwned;
 use std::time::{Duration, Instant};
 use updraft_model::Secret;
 
+/// Idle connections kept per host once a burst is over; the rest are closed, so a burst that
+/// needed hundreds at once does not hold their buffers until the idle timeout.
+const MAX_IDLE_CONNECTIONS: usize = 32;
+
 pub fn user_agent() -> String {
     format!(
         "updraft/{} ({}; {})",
@@ -199,6 +203,7 @@ impl ApiClient {
             .timeout(options.request_timeout)
             .connect_timeout(options.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(MAX_IDLE_CONNECTIONS)
             .build()
             .map_err(|e| ApiError::Config(format!("building the HTTP client: {e}")))?;
         Self::with_http(http, base, token, scheme, options)

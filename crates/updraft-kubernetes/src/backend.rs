@@ -115,6 +115,14 @@ impl KubernetesBackend {
                     backend: BACKEND,
                     detail: "the backend is shutting down".into(),
                 })?;
+        // Hundreds of launches may wait for a turn at once; while they wait each holds only
+        // this small future, and the API calls' much larger state exists for the few with a
+        // turn.
+        Box::pin(self.create_objects(spec)).await
+    }
+
+    /// Build the launch's Job and Secret and create them.
+    async fn create_objects(&self, spec: &LaunchSpec) -> Result<LaunchOutcome, BackendError> {
         let Some(fleet) = self.config().fleets.get(&spec.fleet) else {
             return Err(BackendError::Invalid {
                 backend: BACKEND,

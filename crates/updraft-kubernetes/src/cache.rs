@@ -220,7 +220,12 @@ impl Cache {
                 *known = view;
                 *seen = generation;
             }
-            None => entry.pods.push((view, generation)),
+            None => {
+                // Nearly every launch has one pod: a Vec's first growth would make room for
+                // four, and with thousands of launches that spare room is most of the cache.
+                entry.pods.reserve_exact(1);
+                entry.pods.push((view, generation));
+            }
         }
     }
 

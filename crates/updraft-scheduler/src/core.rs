@@ -7,7 +7,7 @@
 
 use crate::clock::Clock;
 use crate::config::{Config, FleetConfig};
-use crate::ledger::{Ledger, LedgerError, LedgerJob};
+use crate::ledger::{Ledger, LedgerError, ResumableJob};
 use crate::pool::board::Board;
 use crate::pool::intake::{overflow_fleet, JobLabel, PoolIntake};
 use crate::ports::Buildkite;
@@ -16,7 +16,7 @@ use crate::stats::{Source, Stats};
 use crate::telemetry::{labels, Telemetry};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use updraft_backends::{Backend, JobContext, PoolBackend};
 use updraft_buildkite::metrics::QueueMetrics;
 use updraft_buildkite::stacks::Notification;
@@ -29,6 +29,8 @@ pub(crate) const UNSERVED_MEMORY: std::time::Duration = std::time::Duration::fro
 /// The first wait after a launch failed for a passing reason; it doubles up to `MAX_BACKOFF_MS`.
 const FIRST_BACKOFF_MS: i64 = 1_000;
 const MAX_BACKOFF_MS: i64 = 30_000;
+/// Job-detail reads from Buildkite in flight at once.
+const DETAIL_READS: usize = 32;
 
 /// A job some source has told us about.
 #[derive(Debug, Clone)]
@@ -125,6 +127,10 @@ pub(crate) struct Core {
     /// Each pool fleet's backend, by fleet index (`None` for a one-shot fleet).
     pub pool_backends: Vec<Option<Arc<dyn PoolBackend>>>,
     pub backends: BTreeMap<String, Arc<dyn Backend>>,
+    /// Bounds the job-detail reads in flight: without it a burst's launches would open a
+    /// connection to Buildkite each (hundreds, each with its buffers) while the backend
+    /// takes them a few dozen at a time anyway.
+    pub reading_details: Semaphore,
     pub state: Mutex<State>,
     pub wake_dispatch: Notify,
     pub wake_reconcile: Notify,
@@ -187,6 +193,7 @@ impl Core {
             clock,
             ledger: parts.ledger,
             ledger_inline: parts.ledger_inline,
+            reading_details: Semaphore::new(DETAIL_READS),
             fleet_backends: parts.fleet_backends,
             pool_backends: parts.pool_backends,
             backends: parts.backends,
@@ -427,9 +434,9 @@ impl Core {
 
     /// Jobs the ledger holds open (at start-up, or adopted from a backend's listing): they
     /// hold their slots. A job already tracked keeps its entry.
-    pub fn adopt_ledger_jobs(&self, jobs: &[LedgerJob]) {
+    pub fn adopt_ledger_jobs(&self, jobs: &[ResumableJob]) {
         let mut state = self.state();
-        for job in jobs {
+        for ResumableJob { job, context } in jobs {
             if state.jobs.contains_key(&job.id) {
                 continue;
             }
@@ -449,7 +456,7 @@ impl Core {
                     phase: Phase::Owned,
                     reason: None,
                     picked_up: true,
-                    context: job.context.clone(),
+                    context: context.clone(),
                 },
             );
         }

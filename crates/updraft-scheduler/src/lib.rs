@@ -51,6 +51,7 @@ pub mod config;
 mod core;
 mod http;
 pub mod ledger;
+mod listener;
 pub use updraft_model::limiter;
 mod pipeline;
 pub mod plan;

@@ -390,7 +390,11 @@ pub(crate) async fn launch_one(core: &Core, ready: Ready) {
         return;
     };
     if backend.needs_job_details() {
-        match core.buildkite.job_details(&context.queue, job).await {
+        let details = {
+            let _permit = core.reading_details.acquire().await;
+            core.buildkite.job_details(&context.queue, job).await
+        };
+        match details {
             Ok(details) => {
                 context.env = details.env;
                 context.command = details.command;

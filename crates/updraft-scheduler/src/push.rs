@@ -25,7 +25,19 @@ pub(crate) fn routes(core: Arc<Core>) -> Router {
     Router::new()
         .route("/webhooks/buildkite", post(webhook))
         .route("/events/eventbridge", post(eventbridge))
+        .layer(axum::middleware::map_response(close_after_reply))
         .with_state(core)
+}
+
+/// Each push event comes on its own delivery, so its connection is closed after the reply: a
+/// burst of thousands of webhooks would otherwise leave as many idle connections open, each
+/// holding its buffers, until the sender's idle timeout.
+async fn close_after_reply(mut response: axum::response::Response) -> axum::response::Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 fn is_credential_problem(rejection: &Rejection) -> bool {

@@ -369,7 +369,7 @@ async fn execute(core: &Core, actions: Vec<Action>, plan: &Plan<'_>) {
         if let Some(rows) = core
             .ledger(move |ledger| {
                 ids.iter()
-                    .filter_map(|id| ledger.job(*id).transpose())
+                    .filter_map(|id| ledger.job_to_resume(*id).transpose())
                     .collect::<Result<Vec<_>, _>>()
             })
             .await

@@ -11,6 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::core::{Core, Inboxes, Parts, Phase};
 use crate::ledger::Ledger;
+use crate::listener::BoundedListener;
 use crate::pool::{CostLine, JobCost, PoolSnapshot};
 use crate::stackset::StackSet;
 use crate::stats::StatsSnapshot;
@@ -20,7 +21,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use updraft_backends::{Backend, LeaderElection, PoolBackend};
 use updraft_buildkite::events::PushEvent;
@@ -78,13 +78,13 @@ impl Scheduler {
             tokio::task::spawn_blocking(move || Ledger::open_with_clock(&ledger_path, clock))
                 .await??;
 
-        let http_listener = TcpListener::bind(config.http.listen)
+        let http_listener = BoundedListener::bind(config.http.listen)
             .await
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let http_addr = http_listener.local_addr()?;
         let push_listener = match config.push.listen {
             Some(addr) => Some(
-                TcpListener::bind(addr)
+                BoundedListener::bind(addr)
                     .await
                     .with_context(|| format!("push.listen: cannot listen on {addr}"))?,
             ),
@@ -221,7 +221,7 @@ async fn lead(
         _ => anyhow::anyhow!("registering stack {key:?}: {error}"),
     })?;
     let open = core
-        .ledger(|ledger| ledger.open_jobs())
+        .ledger(|ledger| ledger.open_jobs_to_resume())
         .await
         .context("reading the ledger's open jobs")?;
     if !open.is_empty() {
@@ -260,9 +260,10 @@ async fn lead(
     Ok(())
 }
 
-async fn serve(listener: TcpListener, app: axum::Router, core: Arc<Core>) {
+async fn serve(listener: BoundedListener, app: axum::Router, core: Arc<Core>) {
     let stopping = core.clone();
-    let result = axum::serve(listener, app)
+    // One router for every connection (a bare `Router` would be rebuilt for each).
+    let result = axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(async move { stopping.stopped().await })
         .await;
     if let Err(error) = result {

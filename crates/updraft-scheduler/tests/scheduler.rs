@@ -545,6 +545,11 @@ async fn push_requests_with_a_bad_signature_are_refused() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    // A push delivery's connection is not kept idle (a burst would hold thousands open).
+    assert_eq!(
+        response.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
     assert!(response.text().await.unwrap().contains("does not match"));
     scheduler.shutdown().await.unwrap();
 }

@@ -67,14 +67,22 @@ pub struct LedgerJob {
     pub attempts: u32,
     /// When the reconciler first saw the job taken by its agent.
     pub running_since_ms: Option<i64>,
-    /// What Buildkite said of the job when it was taken in (tags, pipeline, build, step).
-    pub context: JobContext,
     /// The backend refused to launch the job as specified (the reason is shown in the build);
     /// it is never launched again.
     pub refused: Option<String>,
     /// When its launch was found gone while Buildkite still shows an agent holding the job:
     /// the job waits for Buildkite's lost-agent timeout.
     pub agent_lost_since_ms: Option<i64>,
+}
+
+/// An open job with what Buildkite said of it when it was taken in (tags, pipeline, build,
+/// step): what a scheduler needs to launch it again after a restart or an adoption. The
+/// reconciler's passes read jobs without it, so a pass over thousands of jobs does not hold
+/// every job's context.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumableJob {
+    pub job: LedgerJob,
+    pub context: JobContext,
 }
 
 /// What `record_reserved` needs about each job.

@@ -1,44 +1,48 @@
 //! Reading the ledger: the open jobs the reconciler works on, one job, the recent launches
 //! the status page shows, and the launches that ended lately (for per-job cost).
 
-use super::{EndedLaunch, LaunchRow, Ledger, LedgerError, LedgerJob, Stage};
+use super::{EndedLaunch, LaunchRow, Ledger, LedgerError, LedgerJob, ResumableJob, Stage};
 use updraft_backends::JobContext;
 use uuid::Uuid;
 
-/// The columns `row_job` reads, in order.
-const JOB_COLUMNS: &str = "id, fleet, queue, priority, scheduled_at_ms, stage, stage_since_ms, attempts, running_since_ms, context, refused, agent_lost_ms";
+/// The columns `row_job` reads, in order; `context` is read only for resumable jobs.
+const JOB_COLUMNS: &str = "id, fleet, queue, priority, scheduled_at_ms, stage, stage_since_ms, attempts, running_since_ms, refused, agent_lost_ms";
+/// The column after `JOB_COLUMNS` in the queries that read resumable jobs.
+const CONTEXT_COLUMN: usize = 11;
 
 impl Ledger {
-    fn read_jobs(
+    /// The rows `sql` selects, each mapped by `read` once its id and stage are known good.
+    fn read_jobs<T>(
         &self,
         sql: &str,
         args: impl rusqlite::Params,
-    ) -> Result<Vec<LedgerJob>, LedgerError> {
+        read: impl Fn(&rusqlite::Row, LedgerJob) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, LedgerError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        let read = || -> rusqlite::Result<Vec<LedgerJob>> {
+        let read_all = || -> rusqlite::Result<Vec<T>> {
             let mut statement = conn.prepare_cached(sql)?;
-            let rows = statement.query_map(args, |row| {
+            let mut rows = statement.query(args)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
                 let id: String = row.get(0)?;
                 let stage: String = row.get(5)?;
-                Ok((id, stage, row_job(row)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (id, stage, mut job) = row?;
                 // A row we cannot read is skipped with a log line rather than failing every
                 // pass; it can only come from someone editing the file by hand.
                 match (id.parse::<Uuid>(), stage.parse::<Stage>()) {
                     (Ok(id), Ok(stage)) => {
-                        job.id = id;
-                        job.stage = stage;
-                        out.push(job);
+                        let job = LedgerJob {
+                            id,
+                            stage,
+                            ..row_job(row)?
+                        };
+                        out.push(read(row, job)?);
                     }
                     _ => tracing::warn!(id, stage, "skipping an unreadable ledger row"),
                 }
             }
             Ok(out)
         };
-        read().map_err(|e| self.fail("reading jobs", e))
+        read_all().map_err(|e| self.fail("reading jobs", e))
     }
 
     /// Every job not yet `done`.
@@ -46,6 +50,18 @@ impl Ledger {
         self.read_jobs(
             &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE stage != 'done' ORDER BY rowid"),
             [],
+            |_, job| Ok(job),
+        )
+    }
+
+    /// Every job not yet `done`, with its context: what a scheduler resumes at start-up.
+    pub fn open_jobs_to_resume(&self) -> Result<Vec<ResumableJob>, LedgerError> {
+        self.read_jobs(
+            &format!(
+                "SELECT {JOB_COLUMNS}, context FROM jobs WHERE stage != 'done' ORDER BY rowid"
+            ),
+            [],
+            with_context,
         )
     }
 
@@ -54,6 +70,18 @@ impl Ledger {
             .read_jobs(
                 &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
                 [id.to_string()],
+                |_, job| Ok(job),
+            )?
+            .pop())
+    }
+
+    /// One job with its context, to resume it (a launch adopted from a backend's listing).
+    pub fn job_to_resume(&self, id: Uuid) -> Result<Option<ResumableJob>, LedgerError> {
+        Ok(self
+            .read_jobs(
+                &format!("SELECT {JOB_COLUMNS}, context FROM jobs WHERE id = ?1"),
+                [id.to_string()],
+                with_context,
             )?
             .pop())
     }
@@ -128,6 +156,7 @@ impl Ledger {
     }
 }
 
+/// A job row without its id and stage, which `read_jobs` checks and fills in.
 fn row_job(row: &rusqlite::Row) -> rusqlite::Result<LedgerJob> {
     Ok(LedgerJob {
         id: Uuid::nil(),
@@ -139,11 +168,15 @@ fn row_job(row: &rusqlite::Row) -> rusqlite::Result<LedgerJob> {
         stage_since_ms: row.get(6)?,
         attempts: row.get(7)?,
         running_since_ms: row.get(8)?,
-        context: row
-            .get::<_, Option<String>>(9)?
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default(),
-        refused: row.get(10)?,
-        agent_lost_since_ms: row.get(11)?,
+        refused: row.get(9)?,
+        agent_lost_since_ms: row.get(10)?,
     })
+}
+
+fn with_context(row: &rusqlite::Row, job: LedgerJob) -> rusqlite::Result<ResumableJob> {
+    let context = row
+        .get::<_, Option<String>>(CONTEXT_COLUMN)?
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default();
+    Ok(ResumableJob { job, context })
 }

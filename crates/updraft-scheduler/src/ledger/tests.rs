@@ -54,6 +54,33 @@ fn a_job_walks_through_its_stages_and_survives_reopening() {
 }
 
 #[test]
+fn a_job_to_resume_comes_back_with_the_context_it_was_taken_in_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();
+    let job = Uuid::new_v4();
+    let context = JobContext {
+        queue: "linux".into(),
+        agent_query_rules: vec!["queue=linux".into(), "resource_class=large".into()],
+        pipeline_slug: Some("web".into()),
+        build_number: Some(42),
+        step_key: Some("test".into()),
+        ..JobContext::default()
+    };
+    ledger
+        .record_reserved(&[NewReservation {
+            context: context.clone(),
+            ..reservation(job)
+        }])
+        .unwrap();
+    let resumed = ledger.open_jobs_to_resume().unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!(resumed[0].job, ledger.open_jobs().unwrap()[0]);
+    assert_eq!(resumed[0].context, context);
+    assert_eq!(ledger.job_to_resume(job).unwrap().unwrap().context, context);
+    assert!(ledger.job_to_resume(Uuid::new_v4()).unwrap().is_none());
+}
+
+#[test]
 fn a_second_reservation_never_reopens_a_launched_job() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(&dir.path().join("l.sqlite")).unwrap();

@@ -25,7 +25,6 @@ fn job(stage: Stage, attempts: u32) -> LedgerJob {
         stage_since_ms: NOW - 5_000,
         attempts,
         running_since_ms: None,
-        context: Default::default(),
         refused: None,
         agent_lost_since_ms: None,
     }

@@ -164,7 +164,10 @@ impl Run {
             ledger_inline: true,
         });
         let core = Arc::new(core);
-        let open = self.ledger.open_jobs().expect("reading the ledger");
+        let open = self
+            .ledger
+            .open_jobs_to_resume()
+            .expect("reading the ledger");
         core.adopt_ledger_jobs(&open);
         let mut instance = Instance {
             core,

@@ -136,6 +136,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     .await
     .context("the watch cache did not catch up with every Job and pod")?;
     let peak_rss = usage::peak_rss_bytes()?;
+    let (anon, file) = usage::rss_parts_bytes()?;
     let cache_bytes = bench.backend.cache_footprint();
     bench.stop().await;
 
@@ -153,6 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         "peak_rss_mb": mb(peak_rss),
         "peak_rss_before_burst_mb": mb(rss_before),
+        "rss_at_the_end_mb": {"anonymous": mb(anon), "files": mb(file)},
         "cache_mb": mb(cache_bytes as u64),
         "target": {
             "pickup_p99_ms": PICKUP_P99_TARGET.as_millis() as u64,
@@ -165,7 +167,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Kubernetes backend ({}; client rate limit {})\n  \
          push pickup, job scheduled → Job and Secret created: p50 {} ms · p99 {} ms · max {} ms over {} jobs (target p99 ≤ {} ms)\n  \
          {target} jobs at once (by {}): all Jobs created in {:.2} s (target ≤ {} s), {:.0} Jobs/s, {:.2} API requests per job\n  \
-         peak RSS with {expected} Jobs in flight: {:.1} MB (target ≤ {} MB; {:.1} MB before the burst; watch cache {:.2} MB)",
+         peak RSS with {expected} Jobs in flight: {:.1} MB (target ≤ {} MB; {:.1} MB before the burst; watch cache {:.2} MB)\n  \
+         RSS at the end: {:.1} MB anonymous (heap, stacks), {:.1} MB of mapped files (the binary's code)",
         figures["api_server"].as_str().unwrap_or_default(),
         if args.api_qps == 0 { "lifted".to_string() } else { format!("{} QPS / {} burst", args.api_qps, args.api_burst) },
         number(&figures["pickup"]["p50_ms"]),
@@ -182,6 +185,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         RSS_TARGET_BYTES / (1024 * 1024),
         mb(rss_before),
         mb(cache_bytes as u64),
+        mb(anon),
+        mb(file),
     );
     args.common.report("kubernetes", &human, &figures)?;
     Ok(ExitCode::SUCCESS)

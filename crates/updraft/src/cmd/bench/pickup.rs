@@ -259,7 +259,7 @@ impl Bench {
             toml_string(webhook_token.expose()),
             toml_string(&state.path.join("ledger.sqlite").to_string_lossy()),
         );
-        let config = Config::parse(&config)
+        let config = Config::parse_checked(&config, std::iter::empty(), &["noop"])
             .map_err(|errors| anyhow::anyhow!("the benchmark's scheduler config: {errors}"))?;
         let backend = Arc::new(NoopBackend::new());
         let backends: BTreeMap<String, Arc<dyn Backend>> =

@@ -1,5 +1,6 @@
 //! This process's resource use, read from `/proc/self`: CPU time (user + system, every
-//! thread) and peak resident set size, the figures `updraft bench burst` reports.
+//! thread), peak resident set size and what the resident set is made of, the figures the
+//! benchmarks report.
 
 use anyhow::Context;
 use std::time::Duration;
@@ -30,20 +31,28 @@ pub fn cpu_time() -> anyhow::Result<Duration> {
 
 /// The largest resident set size this process has had (`VmHWM`), in bytes.
 pub fn peak_rss_bytes() -> anyhow::Result<u64> {
+    status_kib("VmHWM").map(|kib| kib * 1024)
+}
+
+/// The resident set now, in bytes: (anonymous memory — heap and stacks —, pages of files
+/// mapped, chiefly the binary's code).
+pub fn rss_parts_bytes() -> anyhow::Result<(u64, u64)> {
+    Ok((status_kib("RssAnon")? * 1024, status_kib("RssFile")? * 1024))
+}
+
+/// One `<field>: <n> kB` line of `/proc/self/status`.
+fn status_kib(field: &str) -> anyhow::Result<u64> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .context("/proc/self/status has no VmHWM line")?;
-    let kib: u64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .with_context(|| format!("/proc/self/status has no {field} line"))?;
+    line.trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .with_context(|| format!("unexpected VmHWM line {line:?}"))?;
-    Ok(kib * 1024)
+        .with_context(|| format!("unexpected {field} line {line:?}"))
 }
 
 #[cfg(test)]
@@ -56,5 +65,8 @@ mod tests {
         while std::time::Instant::now() < spin_until {}
         assert!(cpu_time().expect("cpu time") > Duration::ZERO);
         assert!(peak_rss_bytes().expect("peak rss") > 1024 * 1024);
+        let (anon, file) = rss_parts_bytes().expect("rss parts");
+        // Read after the parts, the high-water mark covers them.
+        assert!(anon > 0 && file > 0 && anon + file <= peak_rss_bytes().unwrap());
     }
 }

@@ -45,13 +45,6 @@ pub struct AwsMetrics {
 }
 
 impl AwsMetrics {
-    /// New metrics registered in `registry` (under the `updraft_aws` prefix).
-    pub fn register(registry: &mut Registry) -> AwsMetrics {
-        let metrics = AwsMetrics::default();
-        metrics.register_in(registry);
-        metrics
-    }
-
     /// Register these metrics in `registry` (under the `updraft_aws` prefix).
     pub fn register_in(&self, registry: &mut Registry) {
         let metrics = self;

@@ -1,5 +1,5 @@
 //! Warm pools: long-lived agents that take jobs from Buildkite themselves, on *members* (a
-//! local process group, an EC2 instance, later a Kubernetes pod), each running a fixed number
+//! local process group, a Kubernetes pod, an EC2 instance), each running a fixed number
 //! of agents. `PoolBackend` is what a platform offers a pool: list the members, add some,
 //! drain one, remove one. The scheduler's pool manager decides how many and which; the
 //! backend never picks a member to stop by itself.
@@ -20,8 +20,8 @@ use std::time::Duration;
 use updraft_model::Secret;
 
 /// A member's name: unique in its backend, free of whitespace, and the prefix of its agents'
-/// names (`<member>-<n>`). A local member is `<fleet>-<8 hex digits>`; an EC2 member is its
-/// instance id.
+/// names (`<member>-<n>`). A local or Kubernetes member is `<fleet>-<8 hex digits>`; an EC2
+/// member is its instance id.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MemberName(String);
 

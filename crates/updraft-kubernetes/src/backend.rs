@@ -10,7 +10,7 @@ use crate::config::KubernetesConfig;
 use crate::context::{self, KubeContext};
 use crate::errors::{classify, is_already_exists, is_not_found, BACKEND};
 use crate::labels;
-use crate::metrics::{ErrorLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::phase::{assess, Timings};
 use crate::pool::KubernetesPool;
 use crate::slim::PodPhase;
@@ -83,15 +83,7 @@ impl KubernetesBackend {
     }
 
     fn count(&self, operation: &'static str, error: BackendError) -> BackendError {
-        self.context
-            .metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                operation,
-                class: error.metric_label(),
-            })
-            .inc();
-        error
+        self.context.metrics.count_error(operation, error)
     }
 
     fn invalid(&self, spec: &LaunchSpec, refusal: Refusal) -> BackendError {
@@ -174,7 +166,7 @@ impl KubernetesBackend {
                     classify(
                         &e,
                         &format!("reading Job {} in {namespace}", spec.name),
-                        Some(&spec.name),
+                        Some(spec.name.as_str()),
                     )
                 })?;
                 if existing.metadata.deletion_timestamp.is_some() {
@@ -188,7 +180,7 @@ impl KubernetesBackend {
                 }
                 (LaunchOutcome::AlreadyExists, existing.metadata.uid)
             }
-            Err(error) => return Err(classify(&error, &doing, Some(&spec.name))),
+            Err(error) => return Err(classify(&error, &doing, Some(spec.name.as_str()))),
         };
         self.context.cache.created(spec.name.clone(), &spec.fleet);
         let mut secret = built.secret;
@@ -216,7 +208,7 @@ impl KubernetesBackend {
                 Err(classify(
                     &error,
                     &format!("creating Secret {} in {namespace}", spec.name),
-                    Some(&spec.name),
+                    Some(spec.name.as_str()),
                 ))
             }
         }
@@ -244,7 +236,7 @@ impl KubernetesBackend {
             Err(error) => Err(classify(
                 &error,
                 &format!("deleting Job {name} in {namespace}"),
-                Some(name),
+                Some(name.as_str()),
             )),
         }
     }
@@ -284,7 +276,7 @@ impl KubernetesBackend {
                             return Err(classify(
                                 &error,
                                 &format!("deleting pod {} in {namespace}", pod.name),
-                                Some(name),
+                                Some(name.as_str()),
                             ))
                         }
                     }
@@ -315,7 +307,7 @@ impl KubernetesBackend {
             Err(error) => Err(classify(
                 &error,
                 &format!("stopping Job {name} in {}", job.namespace),
-                Some(name),
+                Some(name.as_str()),
             )),
         }
     }
@@ -370,8 +362,8 @@ impl Backend for KubernetesBackend {
         let cache = &self.context.cache;
         let statuses = cache.map(
             |name, job, pods| {
-                let pods: Vec<_> = pods.iter().map(|(p, _)| p.clone()).collect();
-                let (phase, detail) = assess(name, job, &pods, now, self.timings(&job.fleet));
+                let pods = pods.iter().map(|(pod, _)| pod);
+                let (phase, detail) = assess(name, job, pods, now, self.timings(&job.fleet));
                 LaunchStatus {
                     name: name.clone(),
                     fleet: job.fleet.to_string(),

@@ -159,12 +159,17 @@ impl Cache {
 
     /// A Job was added or changed.
     pub fn apply_job(&self, job: SlimJob) {
-        let Some(name) = job.launch.clone() else {
+        let SlimJob {
+            launch: Some(name),
+            view,
+            ..
+        } = job
+        else {
             return;
         };
         let mut state = self.lock();
         match state.deleted.get(&name) {
-            Some(deleted) if deleted.uid == job.view.uid => return,
+            Some(deleted) if deleted.uid == view.uid => return,
             Some(_) => {
                 state.deleted.remove(&name);
             }
@@ -172,11 +177,11 @@ impl Cache {
         }
         let generation = state
             .generations
-            .get(&(Kind::Jobs, job.view.namespace.clone()))
+            .get(&(Kind::Jobs, view.namespace.clone()))
             .map_or(0, |g| g.0);
         state.created.remove(&name);
         let entry = state.launches.entry(name).or_default();
-        entry.job = Some(job.view);
+        entry.job = Some(view);
         entry.job_generation = generation;
     }
 
@@ -204,7 +209,12 @@ impl Cache {
 
     /// A pod was added or changed.
     pub fn apply_pod(&self, namespace: &str, pod: SlimPod) {
-        let Some(name) = pod.launch.clone() else {
+        let SlimPod {
+            launch: Some(name),
+            mut view,
+            ..
+        } = pod
+        else {
             return;
         };
         let mut state = self.lock();
@@ -213,7 +223,6 @@ impl Cache {
             .get(&(Kind::Pods, namespace.into()))
             .map_or(0, |g| g.0);
         let entry = state.launches.entry(name).or_default();
-        let mut view = pod.view;
         match entry.pods.iter_mut().find(|(p, _)| p.name == view.name) {
             Some((known, seen)) => {
                 keep_informative_message(known, &mut view);
@@ -231,16 +240,16 @@ impl Cache {
 
     /// A pod was deleted: kept, marked gone, to explain how its Job ends.
     pub fn delete_pod(&self, pod: SlimPod) {
-        let Some(name) = pod.launch.clone() else {
+        let Some(name) = &pod.launch else {
             return;
         };
         let mut state = self.lock();
-        if let Some(entry) = state.launches.get_mut(&name) {
+        if let Some(entry) = state.launches.get_mut(name) {
             if let Some((known, _)) = entry.pods.iter_mut().find(|(p, _)| p.name == pod.view.name) {
                 known.gone = true;
             }
             if !keep(entry) {
-                state.launches.remove(&name);
+                state.launches.remove(name);
             }
         }
     }

@@ -187,7 +187,7 @@ impl KubeContext {
     ) -> Result<Option<Arc<PodSpec>>, BackendError> {
         match &fleet.pod {
             PodSource::Bare => Ok(None),
-            PodSource::Spec(pod) => Ok(Some(Arc::new((**pod).clone()))),
+            PodSource::Spec(pod) => Ok(Some(pod.clone())),
             PodSource::Named(name) => self
                 .pod_template(&fleet.namespace, name)
                 .await

@@ -4,14 +4,15 @@
 //! not exist → `Fatal`; 429, 5xx, timeouts and connection errors → `Unavailable` (retried).
 
 use kube::core::Status;
-use updraft_backends::{BackendError, LaunchName};
+use updraft_backends::BackendError;
 
 pub const BACKEND: &str = "kubernetes";
 
 /// The class of `error`, met while `doing` (`"creating Job updraft-… in ci"`), for `launch`
 /// when one is concerned. Messages carry Kubernetes' words, never a credential (the API
 /// server does not echo Secret data).
-pub fn classify(error: &kube::Error, doing: &str, launch: Option<&LaunchName>) -> BackendError {
+/// `launch`: the launch or pool member the call was about, named in an `Invalid` error.
+pub fn classify(error: &kube::Error, doing: &str, launch: Option<&str>) -> BackendError {
     match error {
         kube::Error::Api(status) => classify_status(status, doing, launch),
         other => BackendError::Unavailable {
@@ -21,12 +22,12 @@ pub fn classify(error: &kube::Error, doing: &str, launch: Option<&LaunchName>) -
     }
 }
 
-fn classify_status(status: &Status, doing: &str, launch: Option<&LaunchName>) -> BackendError {
+fn classify_status(status: &Status, doing: &str, launch: Option<&str>) -> BackendError {
     let message = status.message.trim();
     match status.code {
         422 | 400 => BackendError::Invalid {
             backend: BACKEND,
-            name: launch.map(ToString::to_string).unwrap_or_default(),
+            name: launch.unwrap_or_default().to_string(),
             detail: format!("Kubernetes refused it ({doing}): {}", field_causes(status)),
         },
         403 if message.contains("exceeded quota") => BackendError::AtCapacity {
@@ -101,7 +102,7 @@ mod tests {
 
     #[test]
     fn each_status_maps_to_what_the_scheduler_should_do() {
-        let name = LaunchName::for_job(uuid::Uuid::new_v4());
+        let name = updraft_backends::LaunchName::for_job(uuid::Uuid::new_v4());
         let invalid = kube::Error::Api(Box::new(
             Status::failure("Job.batch is invalid", "Invalid")
                 .with_code(422)
@@ -114,7 +115,7 @@ mod tests {
                     }],
                 )),
         ));
-        let error = classify(&invalid, "creating Job x in ci", Some(&name));
+        let error = classify(&invalid, "creating Job x in ci", Some(name.as_str()));
         assert_eq!(error.metric_label(), "invalid");
         assert!(error.to_string().ends_with("Kubernetes refused it (creating Job x in ci): spec.template.spec.containers[0].image: Required value"), "{error}");
 

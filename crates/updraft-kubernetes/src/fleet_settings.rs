@@ -261,7 +261,7 @@ impl FleetSettings {
         };
         if let Some(value) = &self.pod_template {
             return match pod_template::from_value(value) {
-                Ok(spec) => PodSource::Spec(Box::new(spec)),
+                Ok(spec) => PodSource::Spec(std::sync::Arc::new(spec)),
                 Err(problems) => {
                     report("pod_template", None, problems, errors);
                     PodSource::Bare
@@ -280,7 +280,7 @@ impl FleetSettings {
                 }
             };
             return match pod_template::from_yaml(&text) {
-                Ok(spec) => PodSource::Spec(Box::new(spec)),
+                Ok(spec) => PodSource::Spec(std::sync::Arc::new(spec)),
                 Err(problems) => {
                     report("pod_template_file", Some(file), problems, errors);
                     PodSource::Bare

@@ -77,6 +77,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Count a failed call by operation and class, and hand the error on.
+    pub fn count_error(
+        &self,
+        operation: &'static str,
+        error: updraft_backends::BackendError,
+    ) -> updraft_backends::BackendError {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                operation,
+                class: error.metric_label(),
+            })
+            .inc();
+        error
+    }
+
     /// New series, registered into `registry`.
     pub fn register(registry: &mut Registry) -> Metrics {
         let metrics = Metrics::default();

@@ -28,11 +28,12 @@ pub struct Timings {
     pub pending_deadline: Duration,
 }
 
-/// A launch's phase and, while it waits, why.
-pub fn assess(
+/// A launch's phase and, while it waits, why. `pods` in the order they were first seen (the
+/// cache's order), borrowed: a reconcile pass assesses every launch.
+pub fn assess<'a>(
     launch: &LaunchName,
     job: &JobView,
-    pods: &[PodView],
+    pods: impl DoubleEndedIterator<Item = &'a PodView> + Clone,
     now: DateTime<Utc>,
     timings: Timings,
 ) -> (LaunchPhase, Option<String>) {
@@ -141,8 +142,13 @@ fn elapsed(since: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 }
 
 /// The pod that speaks for the launch: the newest live one, else the last that was.
-fn current_pod(pods: &[PodView]) -> Option<&PodView> {
-    pods.iter().rev().find(|p| !p.gone).or_else(|| pods.last())
+fn current_pod<'a>(
+    mut pods: impl DoubleEndedIterator<Item = &'a PodView> + Clone,
+) -> Option<&'a PodView> {
+    pods.clone()
+        .rev()
+        .find(|p| !p.gone)
+        .or_else(|| pods.next_back())
 }
 
 /// Why a failed Job failed, in words.
@@ -234,11 +240,18 @@ mod tests {
     #[test]
     fn a_job_without_a_pod_waits_and_a_running_pod_runs() {
         assert_eq!(
-            assess(&name(), &job(), &[], at(5), timings()),
+            assess(&name(), &job(), std::iter::empty(), at(5), timings()),
             (LaunchPhase::Pending, None)
         );
         assert_eq!(
-            assess(&name(), &job(), &[pod(PodPhase::Running)], at(5), timings()).0,
+            assess(
+                &name(),
+                &job(),
+                [pod(PodPhase::Running)].iter(),
+                at(5),
+                timings()
+            )
+            .0,
             LaunchPhase::Running
         );
         let mut done = job();
@@ -247,7 +260,7 @@ mod tests {
             assess(
                 &name(),
                 &done,
-                &[pod(PodPhase::Succeeded)],
+                [pod(PodPhase::Succeeded)].iter(),
                 at(9),
                 timings()
             )
@@ -269,7 +282,7 @@ mod tests {
         let (phase, detail) = assess(
             &name(),
             &job(),
-            std::slice::from_ref(&pulling),
+            std::iter::once(&pulling),
             at(10),
             timings(),
         );
@@ -278,7 +291,7 @@ mod tests {
         let (phase, _) = assess(
             &name(),
             &job(),
-            std::slice::from_ref(&pulling),
+            std::iter::once(&pulling),
             at(31),
             timings(),
         );
@@ -292,7 +305,7 @@ mod tests {
 
         pulling.waiting.as_mut().unwrap().reason = "InvalidImageName".into();
         assert!(matches!(
-            assess(&name(), &job(), &[pulling], at(2), timings()).0,
+            assess(&name(), &job(), std::iter::once(&pulling), at(2), timings()).0,
             LaunchPhase::Refused { .. }
         ));
     }
@@ -302,19 +315,13 @@ mod tests {
     ) {
         let mut stuck = pod(PodPhase::Pending);
         stuck.unschedulable = Some("0/1 nodes are available: 1 Insufficient cpu.".into());
-        let (phase, detail) = assess(
-            &name(),
-            &job(),
-            std::slice::from_ref(&stuck),
-            at(100),
-            timings(),
-        );
+        let (phase, detail) = assess(&name(), &job(), std::iter::once(&stuck), at(100), timings());
         assert_eq!(phase, LaunchPhase::Pending);
         assert_eq!(
             detail.as_deref(),
             Some("waiting for a node: 0/1 nodes are available: 1 Insufficient cpu.")
         );
-        let (phase, _) = assess(&name(), &job(), &[stuck], at(298), timings());
+        let (phase, _) = assess(&name(), &job(), std::iter::once(&stuck), at(298), timings());
         let LaunchPhase::Refused { reason } = phase else {
             panic!("{phase:?}")
         };
@@ -334,7 +341,7 @@ mod tests {
         evicted.reason = Some("Evicted".into());
         evicted.message = Some("The node was low on resource: memory.".into());
         let LaunchPhase::Failed { reason } =
-            assess(&name(), &job(), &[evicted], at(5), timings()).0
+            assess(&name(), &job(), std::iter::once(&evicted), at(5), timings()).0
         else {
             panic!()
         };
@@ -350,8 +357,14 @@ mod tests {
             reason: "BackoffLimitExceeded".into(),
             message: "Job has reached the specified backoff limit".into(),
         });
-        let LaunchPhase::Failed { reason } =
-            assess(&name(), &failed_job, &[lost], at(5), timings()).0
+        let LaunchPhase::Failed { reason } = assess(
+            &name(),
+            &failed_job,
+            std::iter::once(&lost),
+            at(5),
+            timings(),
+        )
+        .0
         else {
             panic!()
         };
@@ -360,7 +373,7 @@ mod tests {
         let mut deleted = pod(PodPhase::Running);
         deleted.gone = true;
         let LaunchPhase::Failed { reason } =
-            assess(&name(), &job(), &[deleted], at(5), timings()).0
+            assess(&name(), &job(), std::iter::once(&deleted), at(5), timings()).0
         else {
             panic!()
         };
@@ -371,8 +384,14 @@ mod tests {
             exit_code: 137,
             reason: "OOMKilled".into(),
         });
-        let LaunchPhase::Failed { reason } =
-            assess(&name(), &failed_job, &[oom], at(5), timings()).0
+        let LaunchPhase::Failed { reason } = assess(
+            &name(),
+            &failed_job,
+            std::iter::once(&oom),
+            at(5),
+            timings(),
+        )
+        .0
         else {
             panic!()
         };
@@ -392,18 +411,18 @@ mod tests {
             message: format!("secret \"{}\" not found", name()).into(),
             since: at(1),
         });
-        let (phase, detail) = assess(
-            &name(),
-            &job(),
-            std::slice::from_ref(&waiting),
-            at(5),
-            timings(),
-        );
+        let (phase, detail) = assess(&name(), &job(), std::iter::once(&waiting), at(5), timings());
         assert_eq!(phase, LaunchPhase::Pending);
         assert!(detail
             .unwrap()
             .starts_with("container agent cannot start yet"));
-        let (phase, _) = assess(&name(), &job(), &[waiting], at(40), timings());
+        let (phase, _) = assess(
+            &name(),
+            &job(),
+            std::iter::once(&waiting),
+            at(40),
+            timings(),
+        );
         let LaunchPhase::Failed { reason } = phase else {
             panic!("{phase:?}")
         };
@@ -417,7 +436,9 @@ mod tests {
             reason: "DeadlineExceeded".into(),
             message: "Job was active longer than specified deadline".into(),
         });
-        let LaunchPhase::Failed { reason } = assess(&name(), &late, &[], at(5), timings()).0 else {
+        let LaunchPhase::Failed { reason } =
+            assess(&name(), &late, std::iter::empty(), at(5), timings()).0
+        else {
             panic!()
         };
         assert!(
@@ -426,7 +447,7 @@ mod tests {
         );
         late.stopped = true;
         assert_eq!(
-            assess(&name(), &late, &[], at(5), timings()).0,
+            assess(&name(), &late, std::iter::empty(), at(5), timings()).0,
             LaunchPhase::Failed {
                 reason: "stopped by Updraft".into()
             }

@@ -24,7 +24,7 @@ pub enum PodSource {
     /// Only what Updraft adds: the agent container, the workspace.
     Bare,
     /// A PodSpec from the config or a file.
-    Spec(Box<PodSpec>),
+    Spec(std::sync::Arc<PodSpec>),
     /// A `PodTemplate` object in the fleet's namespace, read at start-up and again now and then.
     Named(String),
 }

@@ -18,7 +18,6 @@ use crate::context::KubeContext;
 use crate::errors::{classify, is_not_found, BACKEND};
 use crate::fleet_settings::FleetTemplate;
 use crate::labels;
-use crate::metrics::ErrorLabels;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -49,20 +48,6 @@ fn invalid(name: impl Into<String>, detail: String) -> BackendError {
         backend: BACKEND,
         name: name.into(),
         detail,
-    }
-}
-
-/// `error`'s class, with the member named when the API server refused it.
-fn classify_member(error: &kube::Error, doing: &str, member: &MemberName) -> BackendError {
-    match classify(error, doing, None) {
-        BackendError::Invalid {
-            backend, detail, ..
-        } => BackendError::Invalid {
-            backend,
-            name: member.to_string(),
-            detail,
-        },
-        other => other,
     }
 }
 
@@ -109,15 +94,7 @@ impl KubernetesPool {
     }
 
     fn count(&self, operation: &'static str, error: BackendError) -> BackendError {
-        self.context
-            .metrics
-            .errors
-            .get_or_create(&ErrorLabels {
-                operation,
-                class: error.metric_label(),
-            })
-            .inc();
-        error
+        self.context.metrics.count_error(operation, error)
     }
 
     /// The member's Pod, `None` once it is gone.
@@ -125,10 +102,10 @@ impl KubernetesPool {
         match self.context.pods(namespace).get(member.as_str()).await {
             Ok(pod) => Ok(Some(pod)),
             Err(error) if is_not_found(&error) => Ok(None),
-            Err(error) => Err(classify_member(
+            Err(error) => Err(classify(
                 &error,
                 &format!("reading pod {member} in {namespace}"),
-                member,
+                Some(member.as_str()),
             )),
         }
     }
@@ -148,10 +125,10 @@ impl KubernetesPool {
         {
             Ok(_) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
-            Err(error) => Err(classify_member(
+            Err(error) => Err(classify(
                 &error,
                 &format!("deleting pod {member} in {namespace}"),
-                member,
+                Some(member.as_str()),
             )),
         }
     }
@@ -192,10 +169,10 @@ impl KubernetesPool {
             .create(&PostParams::default(), &built.pod)
             .await
             .map_err(|error| {
-                classify_member(
+                classify(
                     &error,
                     &format!("creating pod {name} in {namespace}"),
-                    &name,
+                    Some(name.as_str()),
                 )
             })?;
         if let Some(mut secret) = built.secret {
@@ -217,10 +194,10 @@ impl KubernetesPool {
                 if let Err(cleanup) = self.delete_pod(namespace, &name, 0).await {
                     tracing::warn!(member = %name, error = %cleanup, "cannot delete a pool member whose Secret failed");
                 }
-                return Err(classify_member(
+                return Err(classify(
                     &error,
                     &format!("creating Secret {name} in {namespace}"),
-                    &name,
+                    Some(name.as_str()),
                 ));
             }
         }

@@ -16,7 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections served at once per listener.
-pub(crate) const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS: usize = 256;
 /// Connections the kernel may hold completed, waiting to be accepted (Linux caps it at
 /// `net.core.somaxconn`): room for a burst while the served ones finish.
 const ACCEPT_QUEUE: u32 = 4096;
@@ -28,7 +28,7 @@ pub(crate) struct BoundedListener {
 }
 
 impl BoundedListener {
-    pub async fn bind(addr: SocketAddr) -> io::Result<BoundedListener> {
+    pub fn bind(addr: SocketAddr) -> io::Result<BoundedListener> {
         let socket = match addr {
             SocketAddr::V4(_) => TcpSocket::new_v4()?,
             SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -39,10 +39,6 @@ impl BoundedListener {
             inner: socket.listen(ACCEPT_QUEUE)?,
             slots: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         })
-    }
-
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
     }
 }
 
@@ -122,9 +118,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_past_the_bound_waits_until_one_closes() {
-        let mut listener = BoundedListener::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let mut listener = BoundedListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut clients = Vec::new();
         let mut served = Vec::new();

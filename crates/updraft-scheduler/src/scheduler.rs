@@ -17,6 +17,7 @@ use crate::stackset::StackSet;
 use crate::stats::StatsSnapshot;
 use crate::{http, pipeline, pool, pull, push, queue_metrics, reconciler};
 use anyhow::Context;
+use axum::serve::Listener;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -79,13 +80,11 @@ impl Scheduler {
                 .await??;
 
         let http_listener = BoundedListener::bind(config.http.listen)
-            .await
             .with_context(|| format!("http.listen: cannot listen on {}", config.http.listen))?;
         let http_addr = http_listener.local_addr()?;
         let push_listener = match config.push.listen {
             Some(addr) => Some(
                 BoundedListener::bind(addr)
-                    .await
                     .with_context(|| format!("push.listen: cannot listen on {addr}"))?,
             ),
             None => None,

@@ -45,8 +45,9 @@ pub const TOKEN_VARIABLE: &str = "BUILDKITE_AGENT_TOKEN";
 pub const ENDPOINT_VARIABLE: &str = "BUILDKITE_AGENT_ENDPOINT";
 /// The variable the scheduler puts the fleet's agent tags in.
 pub const TAGS_VARIABLE: &str = "BUILDKITE_AGENT_TAGS";
-/// A build or task the platform does not list this long after it started is gone.
-const MISSING_GRACE: Duration = Duration::from_secs(120);
+/// A build or task the platform does not list this long after it started (or after a relay
+/// began waiting for it) is gone.
+pub(crate) const MISSING_GRACE: Duration = Duration::from_secs(120);
 
 /// Timing and client settings of a backend, from `[aws]` (tests shorten them).
 #[derive(Debug, Clone)]

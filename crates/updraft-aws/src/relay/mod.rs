@@ -17,7 +17,7 @@ mod output;
 
 pub use output::LogProgress;
 
-use crate::backend::Shared;
+use crate::backend::{Shared, MISSING_GRACE};
 use crate::errors::ErrorClass;
 use crate::metrics;
 use crate::platform::{LaunchLabels, Platform, RelayedJob};
@@ -37,9 +37,6 @@ use updraft_buildkite::agent_api::{
 };
 use updraft_buildkite::{ApiClient, AuthScheme, Secret};
 
-/// A build or task the platform has not listed for this long after the relay started
-/// waiting for it is gone.
-const MISSING_GRACE: Duration = Duration::from_secs(120);
 /// Longest wait between attempts to start a build or task AWS is not taking right now.
 const MAX_START_BACKOFF: Duration = Duration::from_secs(30);
 

@@ -150,15 +150,6 @@ impl LocalPool {
         })
     }
 
-    /// The file holding the output of a member's `n`th agent.
-    pub fn agent_output(&self, member: &MemberName, n: u32) -> PathBuf {
-        self.inner
-            .dir
-            .join(member.as_str())
-            .join(format!("agent-{n}"))
-            .join(super::record::OUTPUT_FILE)
-    }
-
     fn lock(&self) -> MutexGuard<'_, BTreeMap<MemberName, Member>> {
         // Every update is a single assignment, so a poisoned table is still consistent.
         self.inner

@@ -429,7 +429,7 @@ fn steps_that_cannot_be_built_are_refused_with_the_field() {
 fn a_fleet_template_is_the_base_and_the_step_merges_over_it() {
     let mut fleet = fleet();
     fleet.image = None;
-    fleet.pod = PodSource::Spec(Box::new(
+    fleet.pod = PodSource::Spec(std::sync::Arc::new(
         crate::pod_template::from_value(&json!({
             "nodeSelector": {"kubernetes.io/arch": "arm64"},
             "containers": [{"name": "agent", "image": "agent:arm", "env": [{"name": "BUILDKITE_BUILD_PATH", "value": "/builds"}],

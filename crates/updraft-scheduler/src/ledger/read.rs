@@ -5,10 +5,8 @@ use super::{EndedLaunch, LaunchRow, Ledger, LedgerError, LedgerJob, ResumableJob
 use updraft_backends::JobContext;
 use uuid::Uuid;
 
-/// The columns `row_job` reads, in order; `context` is read only for resumable jobs.
+/// The columns `row_job` reads, in order; the queries for resumable jobs add `context`.
 const JOB_COLUMNS: &str = "id, fleet, queue, priority, scheduled_at_ms, stage, stage_since_ms, attempts, running_since_ms, refused, agent_lost_ms";
-/// The column after `JOB_COLUMNS` in the queries that read resumable jobs.
-const CONTEXT_COLUMN: usize = 11;
 
 impl Ledger {
     /// The rows `sql` selects, each mapped by `read` once its id and stage are known good.
@@ -29,14 +27,7 @@ impl Ledger {
                 // A row we cannot read is skipped with a log line rather than failing every
                 // pass; it can only come from someone editing the file by hand.
                 match (id.parse::<Uuid>(), stage.parse::<Stage>()) {
-                    (Ok(id), Ok(stage)) => {
-                        let job = LedgerJob {
-                            id,
-                            stage,
-                            ..row_job(row)?
-                        };
-                        out.push(read(row, job)?);
-                    }
+                    (Ok(id), Ok(stage)) => out.push(read(row, row_job(row, id, stage)?)?),
                     _ => tracing::warn!(id, stage, "skipping an unreadable ledger row"),
                 }
             }
@@ -156,15 +147,15 @@ impl Ledger {
     }
 }
 
-/// A job row without its id and stage, which `read_jobs` checks and fills in.
-fn row_job(row: &rusqlite::Row) -> rusqlite::Result<LedgerJob> {
+/// A job row whose id and stage `read_jobs` has already read and checked.
+fn row_job(row: &rusqlite::Row, id: Uuid, stage: Stage) -> rusqlite::Result<LedgerJob> {
     Ok(LedgerJob {
-        id: Uuid::nil(),
+        id,
         fleet: row.get(1)?,
         queue: row.get(2)?,
         priority: row.get(3)?,
         scheduled_at_ms: row.get(4)?,
-        stage: Stage::Done,
+        stage,
         stage_since_ms: row.get(6)?,
         attempts: row.get(7)?,
         running_since_ms: row.get(8)?,
@@ -175,7 +166,7 @@ fn row_job(row: &rusqlite::Row) -> rusqlite::Result<LedgerJob> {
 
 fn with_context(row: &rusqlite::Row, job: LedgerJob) -> rusqlite::Result<ResumableJob> {
     let context = row
-        .get::<_, Option<String>>(CONTEXT_COLUMN)?
+        .get::<_, Option<String>>("context")?
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default();
     Ok(ResumableJob { job, context })

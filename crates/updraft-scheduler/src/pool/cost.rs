@@ -239,26 +239,25 @@ pub(crate) async fn charge_launches(core: Arc<Core>) {
             return;
         };
         since = until;
-        let mut book = core.pools.costs();
+        // One charge per fleet: the book trims its oldest jobs after each charge, which with
+        // thousands of launches ending together would be a sort per launch.
+        let mut by_fleet: BTreeMap<String, Vec<Charge>> = BTreeMap::new();
         for launch in ended {
-            let Some(index) = core.fleet_index(&launch.fleet) else {
-                continue;
-            };
-            let price = core.fleet(index).price_per_second.unwrap_or(0.0);
-            let charge = Charge {
+            by_fleet.entry(launch.fleet).or_default().push(Charge {
                 job: Some(launch.job_id),
                 queue: launch.queue,
                 pipeline: launch.pipeline.unwrap_or_default(),
                 kind: "job",
                 seconds: (launch.ended_at_ms - launch.started_at_ms).max(0) as f64 / 1000.0,
+            });
+        }
+        let mut book = core.pools.costs();
+        for (fleet, charges) in by_fleet {
+            let Some(index) = core.fleet_index(&fleet) else {
+                continue;
             };
-            book.charge(
-                &core.telemetry.pools,
-                &launch.fleet,
-                price,
-                &[charge],
-                until,
-            );
+            let price = core.fleet(index).price_per_second.unwrap_or(0.0);
+            book.charge(&core.telemetry.pools, &fleet, price, &charges, until);
         }
     }
 }

@@ -10,6 +10,7 @@
 
 use super::pickup::emulator_process::EmulatorProcess;
 use super::pickup::usage;
+use super::pickup::{burst_pipeline, round, single_job_pipeline, QUEUE};
 use crate::cmd::demo::setup::{toml_string, StateDir};
 use anyhow::Context;
 use serde_json::{json, Value};
@@ -28,9 +29,7 @@ use updraft_model::Secret;
 use updraft_scheduler::stats::quantile;
 use updraft_scheduler::{Config, Scheduler, SchedulerHandle};
 
-const QUEUE: &str = "bench";
 const NAMESPACE: &str = "bench";
-const MAX_PARALLELISM: u64 = 1000;
 const WARM_UP_JOBS: usize = 5;
 const PICKUP_P99_TARGET: Duration = Duration::from_millis(20);
 const BURST_TARGET: Duration = Duration::from_secs(20);
@@ -192,10 +191,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn round(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
 /// `kube-fake` in a child process, with no kubelet: pods are scheduled and never run.
 struct FakeProcess {
     _child: tokio::process::Child,
@@ -271,8 +266,8 @@ impl Bench {
             &emulator.org,
             ClientOptions::default(),
         )?;
-        let single_pipeline = pipeline(&rest, "single", &steps(1)).await?;
-        let burst_pipeline = pipeline(&rest, "burst", &steps(args.jobs)).await?;
+        let single_pipeline = pipeline(&rest, "single", &single_job_pipeline()).await?;
+        let burst_pipeline = pipeline(&rest, "burst", &burst_pipeline(args.jobs)).await?;
         let webhook_token = Secret::new(format!("bench_{:032x}", rand::random::<u128>()));
         let config = format!(
             "[buildkite]\nendpoint = {}\nagent_token = {}\nstack_key = \"updraft-bench-k8s\"\n\n\
@@ -370,18 +365,4 @@ async fn pipeline(rest: &RestClient, name: &str, steps: &str) -> anyhow::Result<
         .await
         .context("creating a benchmark pipeline")?;
     Ok(created.slug)
-}
-
-/// `jobs` jobs as steps of up to 1000 parallel jobs.
-fn steps(jobs: u64) -> String {
-    let mut yaml = String::from("steps:\n");
-    let mut left = jobs;
-    while left > 0 {
-        let parallelism = left.min(MAX_PARALLELISM);
-        yaml.push_str(&format!(
-            "  - command: \"true\"\n    parallelism: {parallelism}\n    agents:\n      queue: {QUEUE}\n"
-        ));
-        left -= parallelism;
-    }
-    yaml
 }

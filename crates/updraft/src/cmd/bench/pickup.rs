@@ -30,7 +30,7 @@ const WARM_UP_JOBS: usize = 5;
 /// The scheduler's poll interval in the benchmark (the Stacks API's floor, the default).
 const PULL_INTERVAL_MS: u64 = 1000;
 /// The queue and fleet every benchmark job goes to.
-const QUEUE: &str = "bench";
+pub(super) const QUEUE: &str = "bench";
 /// Most jobs one step may fan out to (`parallelism`).
 const MAX_PARALLELISM: u64 = 1000;
 const PUSH_P99_TARGET_MS: u64 = 20;
@@ -193,16 +193,16 @@ pub async fn burst(args: BurstArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn round(value: f64) -> f64 {
+pub(super) fn round(value: f64) -> f64 {
     (value * 100.0).round() / 100.0
 }
 
-fn single_job_pipeline() -> String {
+pub(super) fn single_job_pipeline() -> String {
     format!("steps:\n  - label: bench\n    command: \"true\"\n    agents:\n      queue: {QUEUE}\n")
 }
 
 /// One build of `jobs` jobs: as many steps of up to 1000 parallel jobs as it takes.
-fn burst_pipeline(jobs: u64) -> String {
+pub(super) fn burst_pipeline(jobs: u64) -> String {
     let mut yaml = String::from("steps:\n");
     let mut left = jobs;
     let mut step = 0;
